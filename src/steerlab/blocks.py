@@ -1,0 +1,81 @@
+"""Finding the decoder blocks (the residual-stream layers) of a causal language model.
+
+Order of discovery: an explicit dotted path given by the user, then a registry of known
+layouts, then a heuristic (the longest ``ModuleList`` whose length equals the configured
+number of layers).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+# Dotted attribute paths, tried in order. Each entry covers several families.
+KNOWN_BLOCK_PATHS: tuple[str, ...] = (
+    "model.layers",  # Llama, Mistral, Qwen2/3, Gemma/Gemma2/Gemma3 (text), Phi-3, SmolLM
+    "model.language_model.layers",  # Gemma3ForConditionalGeneration and other multimodal wrappers
+    "model.decoder.layers",  # OPT
+    "transformer.h",  # GPT-2, GPT-J, Falcon (old), BLOOM
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "transformer.blocks",  # MPT
+    "model.transformer.h",
+    "layers",  # a bare base model (LlamaModel, ...)
+    "h",  # a bare GPT2Model
+    "decoder.layers",  # a bare OPTModel
+)
+
+
+def _get_path(root: nn.Module, path: str):
+    obj = root
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return None
+        obj = getattr(obj, part)
+    return obj
+
+
+def _configured_layer_count(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def find_blocks(model: nn.Module, path: str | None = None) -> tuple[nn.ModuleList, str]:
+    """Return ``(blocks, dotted_path)`` for ``model``.
+
+    ``path`` overrides discovery, e.g. ``path="backbone.layers"`` for an unusual layout.
+    """
+    if path is not None:
+        blocks = _get_path(model, path)
+        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+            raise ValueError(
+                f"blocks_path={path!r} does not name a non-empty nn.ModuleList on "
+                f"{type(model).__name__}. Print the model to see its module names and pass the "
+                "dotted path of its list of decoder layers."
+            )
+        return blocks, path
+    expected = _configured_layer_count(model)
+    for candidate in KNOWN_BLOCK_PATHS:
+        blocks = _get_path(model, candidate)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            if expected is None or len(blocks) == expected:
+                return blocks, candidate
+    # Heuristic: the longest ModuleList, preferring one whose length matches the config.
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            score = len(module) + (10_000 if expected is not None and len(module) == expected else 0)
+            if best is None or score > best[0]:
+                best = (score, name, module)
+    if best is None:
+        raise ValueError(
+            f"Could not find the decoder blocks of {type(model).__name__}: no nn.ModuleList found. "
+            "Pass blocks_path='dotted.path.to.layers' to load_model()."
+        )
+    return best[2], best[1]

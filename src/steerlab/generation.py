@@ -1,0 +1,102 @@
+"""Batched (steered) generation with Hugging Face ``generate`` and the cached decoding it does."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .intervene import Intervention, Window, flatten_interventions, steer
+
+
+class FrequencyPenalty:
+    """OpenAI-style frequency penalty: ``logit -= penalty * count`` of each token generated so far."""
+
+    def __init__(self, penalty: float, prompt_width: int) -> None:
+        self.penalty = penalty
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_width:]
+        if generated.shape[1] == 0 or self.penalty == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.penalty * counts
+
+
+def _rows(value, sl: slice, n_total: int):
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    t = torch.as_tensor(value)
+    return t[sl] if t.ndim == 1 and t.shape[0] == n_total else value
+
+
+def _slice_intervention(iv: Intervention, sl: slice, n_total: int) -> Intervention:
+    """The part of a per-row intervention that belongs to rows ``sl`` of the whole prompt list."""
+    window = Window(_rows(iv.window.start, sl, n_total), _rows(iv.window.end, sl, n_total))
+    return replace(iv, strength=_rows(iv.strength, sl, n_total), window=window)
+
+
+def resolve_steering(steering, batch) -> list[Intervention]:
+    """Interventions for one prompt batch: objects with ``for_batch(batch)`` (e.g. ActAdd) are asked
+    for theirs; SteeringVectors and Interventions are used as they are."""
+    items = steering if isinstance(steering, (list, tuple)) else [steering]
+    out: list[Intervention] = []
+    for item in items:
+        if item is None:
+            continue
+        if hasattr(item, "for_batch"):
+            out.extend(item.for_batch(batch))
+        else:
+            out.extend(flatten_interventions([item]))
+    return out
+
+
+@torch.no_grad()
+def generate(
+    lm,
+    prompts: str | Sequence[str],
+    *,
+    steering=None,
+    max_new_tokens: int = 40,
+    chat: bool = True,
+    system: str | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    frequency_penalty: float = 0.0,
+    seed: int | None = None,
+    batch_size: int = 8,
+    progress: bool | None = None,
+) -> list[str]:
+    """Complete each prompt, under ``steering`` if given (an Intervention, a SteeringVector, an
+    object with ``for_batch``, or a list of them). Per-row strengths given for the whole prompt
+    list are split across internal batches. Returns the generated text only."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if seed is not None:
+        torch.manual_seed(seed)
+    outputs: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    show = progress if progress is not None else len(starts) > 2
+    for start in tqdm(starts, desc="generate", disable=not show, leave=False):
+        sl = slice(start, start + batch_size)
+        batch = lm.prepare(prompts[sl], chat=chat, system=system, padding_side="left")
+        ivs = [_slice_intervention(iv, sl, len(prompts)) for iv in resolve_steering(steering, batch)]
+        width = batch.input_ids.shape[1]
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=lm.tokenizer.pad_token_id)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if frequency_penalty:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([FrequencyPenalty(frequency_penalty, width)])
+        with steer(lm, ivs, batch=batch):
+            out = lm.model.generate(**batch.model_inputs(), **kwargs)
+        outputs.extend(lm.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
+    return outputs

@@ -1,0 +1,149 @@
+"""Prompt rendering (chat template or raw text) and tokenization into padded batches.
+
+Every position steerlab talks about is a *real-token position*: the index of a token among the
+non-padding tokens of its row (0 = the row's first real token). That makes positions the same
+under left and right padding and across cached decoding steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+# Used for models without a chat template (e.g. base models such as Gemma 3 270M).
+PLAIN_USER_PREFIX = "User: "
+PLAIN_ASSISTANT_HEADER = "\nAssistant:"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A prompt as text, with character offsets of its parts.
+
+    ``user_start``/``user_end``: span of the user's own text. ``assistant_start``: where the
+    assistant turn begins (its header), or ``None`` for raw text, where the assistant turn is
+    taken to begin at the prompt's last token.
+    """
+
+    text: str
+    user_start: int
+    user_end: int
+    assistant_start: int | None
+
+
+def render_prompt(tokenizer: Any, prompt: str, *, chat: bool = True, system: str | None = None,
+                  assistant_prefix: str = "") -> Rendered:
+    if not chat:
+        text = prompt + assistant_prefix
+        return Rendered(text, 0, len(prompt), None)
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        head = (system + "\n\n" if system else "") + PLAIN_USER_PREFIX
+        start = len(head)
+        text = head + prompt + PLAIN_ASSISTANT_HEADER
+        assistant_start = start + len(prompt)
+        return Rendered(text + (" " + assistant_prefix if assistant_prefix else ""), start,
+                        start + len(prompt), assistant_start)
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    without_header = tokenizer.apply_chat_template(messages, tokenize=False)
+    with_header = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    user_start = with_header.rfind(prompt) if prompt else -1
+    if user_start < 0:
+        raise ValueError(
+            "Could not find the user's text inside the chat-rendered prompt (the template changes it); "
+            "pass chat=False and render the prompt yourself."
+        )
+    user_end = user_start + len(prompt)
+    assistant_start = len(without_header) if with_header.startswith(without_header) else user_end
+    return Rendered(with_header + assistant_prefix, user_start, user_end, assistant_start)
+
+
+def _adds_special_tokens(tokenizer: Any, text: str) -> bool:
+    """Add BOS etc. unless the text already starts with the BOS string (chat templates write it)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
+
+
+def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
+    add = _adds_special_tokens(tokenizer, text)
+    try:
+        enc = tokenizer(text, add_special_tokens=add, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    except (NotImplementedError, TypeError, ValueError):
+        return list(tokenizer(text, add_special_tokens=add)["input_ids"]), None
+
+
+def char_to_token(tokenizer: Any, text: str, ids: list[int], offsets, char: int) -> int:
+    """Index of the token that holds character ``char`` of ``text`` (``len(ids)`` past the end)."""
+    if char >= len(text):
+        return len(ids)
+    if offsets is not None:
+        for t, (start, end) in enumerate(offsets):
+            if end > char and not (start == end == 0 and t > 0):
+                return t
+        return len(ids)
+    # Slow tokenizers: count the tokens of the text before the character.
+    prefix_ids, _ = tokenize_with_offsets(tokenizer, text[:char])
+    return len(prefix_ids)
+
+
+@dataclass
+class PromptBatch:
+    """A padded batch of prompts with per-row landmarks in real-token positions."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor  # [B] real tokens per row
+    user_start: torch.Tensor  # [B]
+    user_end: torch.Tensor  # [B]
+    assistant_start: torch.Tensor  # [B]
+    padding_side: str
+    rendered: list[Rendered]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def column(self, row: int, position: int) -> int:
+        """Padded column of real-token ``position`` in ``row``."""
+        pad = self.input_ids.shape[1] - int(self.lengths[row]) if self.padding_side == "left" else 0
+        return pad + position
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+
+def pad_ids(rows: Sequence[Sequence[int]], pad_id: int, side: str = "left",
+            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    if side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', not {side!r}")
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("Cannot encode an empty prompt: it has no tokens.")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        ids[i, sl] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, sl] = 1
+    return ids.to(device), mask.to(device)
+
+
+def encode_texts(tokenizer: Any, rendered: Sequence[Rendered], *, padding_side: str = "left",
+                 device: torch.device | str = "cpu") -> PromptBatch:
+    rows, ustart, uend, astart = [], [], [], []
+    for r in rendered:
+        ids, offsets = tokenize_with_offsets(tokenizer, r.text)
+        rows.append(ids)
+        ustart.append(char_to_token(tokenizer, r.text, ids, offsets, r.user_start))
+        uend.append(char_to_token(tokenizer, r.text, ids, offsets, r.user_end))
+        if r.assistant_start is None:
+            astart.append(len(ids) - 1)
+        else:
+            astart.append(min(char_to_token(tokenizer, r.text, ids, offsets, r.assistant_start), len(ids) - 1))
+    ids, mask = pad_ids(rows, tokenizer.pad_token_id, padding_side, device)
+    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    return PromptBatch(ids, mask, as_tensor([len(r) for r in rows]), as_tensor(ustart), as_tensor(uend),
+                       as_tensor(astart), padding_side, list(rendered))
