@@ -134,9 +134,8 @@ def test_window_masks_during_generation():
 def test_hooks_removed_even_on_error():
     lm = tiny_model("llama")
     before = [len(b._forward_hooks) + len(b._forward_pre_hooks) for b in lm.blocks]
-    with pytest.raises(RuntimeError):
-        with steer(lm, add(1, torch.ones(32))):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), steer(lm, add(1, torch.ones(32))):
+        raise RuntimeError("boom")
     after = [len(b._forward_hooks) + len(b._forward_pre_hooks) for b in lm.blocks]
     assert before == after
 
@@ -163,12 +162,10 @@ def test_other_threads_are_not_steered():
 
 def test_bad_interventions_are_refused():
     lm = tiny_model("llama")
-    with pytest.raises(ValueError, match="hidden size"):
-        with steer(lm, add(1, torch.ones(7))):
-            pass
-    with pytest.raises(IndexError, match="out of range"):
-        with steer(lm, add(9, torch.ones(32))):
-            pass
+    with pytest.raises(ValueError, match="hidden size"), steer(lm, add(1, torch.ones(7))):
+        pass
+    with pytest.raises(IndexError, match="out of range"), steer(lm, add(9, torch.ones(32))):
+        pass
     with pytest.raises(ValueError, match="NaN"):
         add(1, torch.tensor([float("nan")] * 32))
     with pytest.raises(ValueError, match="needs the prompt batch"):

@@ -41,8 +41,17 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 def _configs(vocab: int) -> dict:
     from transformers import (
-        Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
-        OPTConfig, Phi3Config, Qwen2Config, Qwen3Config,
+        Gemma2Config,
+        Gemma3TextConfig,
+        GemmaConfig,
+        GPT2Config,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        OPTConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
     )
 
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
@@ -71,7 +80,7 @@ def _configs(vocab: int) -> dict:
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "gpt2", "gpt_neox", "opt"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(family: str) -> steerlab.SteerModel:
     tok = tiny_tokenizer()
     torch.manual_seed(0)

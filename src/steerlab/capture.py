@@ -3,7 +3,8 @@ and keeping only the selected positions (never every position of every layer).""
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 from tqdm.auto import tqdm

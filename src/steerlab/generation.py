@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -85,6 +85,9 @@ def generate(
     for start in tqdm(starts, desc="generate", disable=not show, leave=False):
         sl = slice(start, start + batch_size)
         batch = lm.prepare(prompts[sl], chat=chat, system=system, padding_side="left")
+        for item in steering if isinstance(steering, (list, tuple)) else [steering]:
+            if hasattr(item, "transform_batch"):  # e.g. ActAdd's pad mode inserts tokens
+                batch = item.transform_batch(lm, batch)
         ivs = [_slice_intervention(iv, sl, len(prompts)) for iv in resolve_steering(steering, batch)]
         width = batch.input_ids.shape[1]
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=lm.tokenizer.pad_token_id)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Sequence, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -45,24 +46,24 @@ class Window:
     end: int | Sequence[int] | torch.Tensor | None = None
 
     @classmethod
-    def all(cls) -> "Window":
+    def all(cls) -> Window:
         return cls(0, None)
 
     @classmethod
-    def span(cls, start: int, end: int) -> "Window":
+    def span(cls, start: int, end: int) -> Window:
         """Prompt positions ``start..end-1``."""
         return cls(start, end)
 
     @classmethod
-    def onward(cls, start: Rows | str) -> "Window":
+    def onward(cls, start: Rows | str) -> Window:
         return cls(start, None)
 
     @classmethod
-    def assistant(cls) -> "Window":
+    def assistant(cls) -> Window:
         return cls("assistant", None)
 
     @classmethod
-    def generated(cls) -> "Window":
+    def generated(cls) -> Window:
         return cls("generated", None)
 
 
@@ -111,7 +112,7 @@ class Intervention:
                 raise ValueError("Cannot project onto a zero direction.")
             self.vector = self.vector / norm
 
-    def scaled(self, factor: float) -> "Intervention":
+    def scaled(self, factor: float) -> Intervention:
         return replace(self, strength=_scale_rows(self.strength, factor))
 
 
@@ -202,7 +203,7 @@ def install_position_tracker(model: nn.Module, blocks_path: str, state: _Forward
 
     def pre_hook(module, args, kwargs):
         if threading.get_ident() != owner:
-            return None
+            return
         bound = signature.bind_partial(*args, **kwargs).arguments
         ids = bound.get("input_ids")
         embeds = bound.get("inputs_embeds")
@@ -219,7 +220,7 @@ def install_position_tracker(model: nn.Module, blocks_path: str, state: _Forward
             state.valid = torch.ones(batch, cur, dtype=torch.bool, device=ref.device)
         if past == 0:
             state.prompt_lengths = state.valid.sum(-1)
-        return None
+        return
 
     return root.register_forward_pre_hook(pre_hook, with_kwargs=True)
 

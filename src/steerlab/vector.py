@@ -54,21 +54,21 @@ class SteeringVector:
                                  f"or [positions, {self.hidden_size}].")
 
     # ------------------------------------------------------------------ arithmetic
-    def _with(self, layers: dict[int, torch.Tensor], **meta) -> "SteeringVector":
+    def _with(self, layers: dict[int, torch.Tensor], **meta) -> SteeringVector:
         return replace(self, layers=layers, meta={**self.meta, **meta})
 
-    def __mul__(self, factor: float) -> "SteeringVector":
+    def __mul__(self, factor: float) -> SteeringVector:
         return self._with({k: v * float(factor) for k, v in self.layers.items()})
 
     __rmul__ = __mul__
 
-    def __truediv__(self, factor: float) -> "SteeringVector":
+    def __truediv__(self, factor: float) -> SteeringVector:
         return self * (1.0 / float(factor))
 
-    def __neg__(self) -> "SteeringVector":
+    def __neg__(self) -> SteeringVector:
         return self * -1.0
 
-    def _check_compatible(self, other: "SteeringVector") -> None:
+    def _check_compatible(self, other: SteeringVector) -> None:
         if not isinstance(other, SteeringVector):
             raise TypeError(f"Cannot combine a SteeringVector with {type(other).__name__}.")
         if other.hidden_size != self.hidden_size or other.site != self.site:
@@ -77,7 +77,7 @@ class SteeringVector:
                 f"{other.hidden_size} ({other.site})."
             )
 
-    def __add__(self, other: "SteeringVector") -> "SteeringVector":
+    def __add__(self, other: SteeringVector) -> SteeringVector:
         self._check_compatible(other)
         layers = dict(self.layers)
         for k, v in other.layers.items():
@@ -87,13 +87,13 @@ class SteeringVector:
         method = self.method if other.method == self.method else f"{self.method}+{other.method}"
         return replace(self, layers=layers, method=method)
 
-    def __sub__(self, other: "SteeringVector") -> "SteeringVector":
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
         return self + (-other)
 
     def norms(self) -> dict[int, float]:
         return {k: float(v.float().norm()) for k, v in self.layers.items()}
 
-    def normalized(self, norm: float = 1.0) -> "SteeringVector":
+    def normalized(self, norm: float = 1.0) -> SteeringVector:
         """Each layer's tensor rescaled to ``norm`` (Frobenius norm for per-position tensors)."""
         return self._with({k: v * (norm / v.float().norm().clamp_min(1e-12)) for k, v in self.layers.items()})
 
@@ -152,7 +152,7 @@ class SteeringVector:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None, *, allow_other_model: bool = False) -> "SteeringVector":
+    def load(cls, path: str | os.PathLike, model=None, *, allow_other_model: bool = False) -> SteeringVector:
         """Read a vector file; with ``model=`` also check it was made for that model."""
         path = Path(path)
         if not path.exists():
@@ -167,7 +167,7 @@ class SteeringVector:
             vec.check_model(model, allow_other_model)
         return vec
 
-    def to(self, device=None, dtype=None) -> "SteeringVector":
+    def to(self, device=None, dtype=None) -> SteeringVector:
         return self._with({k: v.to(device=device, dtype=dtype) for k, v in self.layers.items()})
 
     def __repr__(self) -> str:

@@ -1,0 +1,131 @@
+"""CAA (Rimsky / Panickssery et al., 2024): the mean activation difference over A/B pairs.
+
+Recipe (SCIENCE.md §2): render each item twice through the model's chat format, user turn =
+question, assistant turn = the matching (positive) or non-matching (negative) answer; read the
+output of block L at the token of the answer letter (found from character offsets, so ``"(A"``
+merged into one token, as in Qwen2's tokenizer, is handled); the vector is the mean of
+``h_pos - h_neg``. Applied with multiplier ``m`` at every position from the start of the
+assistant turn onward, including every generated token.
+
+Alternative extractors behind the same call: ``method="pca"`` (first principal direction of the
+differences) and ``method="probe"`` (logistic-regression direction separating positive from
+negative activations). Both are scaled so their mean projection of the differences equals that of
+the mean difference, which keeps multipliers comparable across methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..capture import capture
+from ..datasets import ContrastivePair, fingerprint, read_char
+from ..tokens import Rendered, char_to_token, tokenize_with_offsets
+from ..vector import SteeringVector
+
+METHODS = ("mean", "pca", "probe")
+
+
+def render_answer(lm, pair: ContrastivePair, answer: str, *, chat: bool, system: str | None) -> tuple[Rendered, int]:
+    """The item rendered with ``answer`` opening the assistant turn, and the token index to read."""
+    rendered = lm.render(pair.prompt, chat=chat, system=system, assistant_prefix=answer)
+    char = len(rendered.text) - len(answer) + read_char(answer)
+    ids, offsets = tokenize_with_offsets(lm.tokenizer, rendered.text)
+    return rendered, char_to_token(lm.tokenizer, rendered.text, ids, offsets, char)
+
+
+def differences(lm, pairs: Sequence[ContrastivePair], layers: Sequence[int], *, chat: bool = True,
+                system: str | None = None, batch_size: int = 16, progress: bool | None = None
+                ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Positive and negative activations ``{layer: [N, d]}`` at the answer token, in one batched pass."""
+    if not pairs:
+        raise ValueError("CAA needs at least one contrastive pair.")
+    rendered, positions = [], []
+    for answer_of in (lambda p: p.positive, lambda p: p.negative):
+        for pair in pairs:
+            r, idx = render_answer(lm, pair, answer_of(pair), chat=chat, system=system)
+            rendered.append(r)
+            positions.append(idx)
+    acts = capture(lm, rendered, layers, positions=positions, batch_size=batch_size,
+                   progress=True if progress is None else progress)
+    n = len(pairs)
+    return {k: v[:n] for k, v in acts.items()}, {k: v[n:] for k, v in acts.items()}
+
+
+def _pca_direction(diff: torch.Tensor) -> torch.Tensor:
+    centred = diff - diff.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred.double(), full_matrices=False)
+    return vh[0].float()
+
+
+def _probe_direction(pos: torch.Tensor, neg: torch.Tensor, l2: float = 1e-3, steps: int = 200) -> torch.Tensor:
+    x = torch.cat([pos, neg]).double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).double()
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * (w @ w)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return (w.detach() / std).float()  # back to the unstandardised activation space
+
+
+def direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean") -> torch.Tensor:
+    """One layer's steering direction from positive and negative activations ``[N, d]``."""
+    diff = pos.float() - neg.float()
+    mean_diff = diff.mean(0)
+    if method == "mean":
+        return mean_diff
+    if method == "pca":
+        d = _pca_direction(diff)
+    elif method == "probe":
+        d = _probe_direction(pos.float(), neg.float())
+    else:
+        raise ValueError(f"Unknown CAA method {method!r}; expected one of {METHODS}.")
+    d = d / d.norm().clamp_min(1e-12)
+    projection = (diff @ d).mean()
+    if projection < 0:
+        d, projection = -d, -projection
+    return d * projection
+
+
+@torch.no_grad()
+def extract(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *, method: str = "mean",
+            chat: bool = True, system: str | None = None, batch_size: int = 16,
+            progress: bool | None = None) -> SteeringVector:
+    """A CAA steering vector at each of ``layers`` (block outputs), from contrastive pairs."""
+    layer_list = sorted({lm.check_layer(k) for k in ([layers] if isinstance(layers, int) else layers)})
+    if method not in METHODS:
+        raise ValueError(f"Unknown CAA method {method!r}; expected one of {METHODS}.")
+    pos, neg = differences(lm, pairs, layer_list, chat=chat, system=system, batch_size=batch_size,
+                           progress=progress)
+    vectors = {k: direction(pos[k], neg[k], method) for k in layer_list}
+    return SteeringVector(
+        vectors, model_name=lm.name, hidden_size=lm.hidden_size, method=f"caa-{method}", site="output",
+        apply="assistant",
+        meta={"n_pairs": len(pairs), "dataset_sha256": fingerprint(pairs), "chat": chat, "system": system,
+              "read": "output of block L at the answer-letter token (last answer token for text pairs)"},
+    )
+
+
+def normalize_to_mean_norm(vectors: Sequence[SteeringVector]) -> list[SteeringVector]:
+    """Rescale several behaviours' vectors so, at each layer, all have the mean of their norms."""
+    layers = set.intersection(*(set(v.layers) for v in vectors))
+    out = []
+    for v in vectors:
+        scaled = dict(v.layers)
+        for k in layers:
+            target = sum(float(w.layers[k].norm()) for w in vectors) / len(vectors)
+            scaled[k] = v.layers[k] * (target / float(v.layers[k].norm()))
+        out.append(SteeringVector(scaled, v.model_name, v.hidden_size, v.method, v.site, v.apply,
+                                  {**v.meta, "normalized_to_mean_norm": True}))
+    return out
