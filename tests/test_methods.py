@@ -31,8 +31,8 @@ def test_actadd_injects_exactly_the_first_n_positions_of_the_prompt_pass():
     prompts = ["The quick brown fox jumps over", "Paris is the capital of France"]
     batch = actadd.prepare(lm, prompts, steer)
     seen = []
-    hook = lm.blocks[2].register_forward_pre_hook(lambda m, a, k: seen.append((a[0] if a else k["hidden_states"]).clone()),
-                                                   with_kwargs=True)
+    hook = lm.blocks[2].register_forward_pre_hook(
+        lambda m, a, k: seen.append((a[0] if a else k["hidden_states"]).clone()), with_kwargs=True)
     try:
         with lm.steer(steer.for_batch(batch), batch=batch):
             lm.model.generate(**batch.model_inputs(), max_new_tokens=3, do_sample=False, eos_token_id=None,

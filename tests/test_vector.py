@@ -43,7 +43,8 @@ def test_wrong_model_is_refused(tmp_path):
     path = _vec(d=16).save(tmp_path / "v.safetensors")
     with pytest.raises(VectorFileError, match="hidden size 16"):
         SteeringVector.load(path, model=lm)
-    other = SteeringVector({1: torch.ones(32)}, model_name="another-model", hidden_size=32).save(tmp_path / "o.safetensors")
+    other = SteeringVector({1: torch.ones(32)}, model_name="another-model", hidden_size=32)
+    other = other.save(tmp_path / "o.safetensors")
     with pytest.raises(VectorFileError, match="made for 'another-model'"):
         SteeringVector.load(other, model=lm)
     assert SteeringVector.load(other, model=lm, allow_other_model=True).hidden_size == 32

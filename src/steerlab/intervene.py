@@ -261,7 +261,8 @@ class _Resolved:
         batch, cur = h.shape[0], h.shape[1]
         pos, valid = state.positions.to(h.device), state.valid.to(h.device)
         if pos.shape != (batch, cur):
-            raise RuntimeError(f"steerlab: hidden states {tuple(h.shape[:2])} do not match positions {tuple(pos.shape)}.")
+            raise RuntimeError(
+                f"steerlab: hidden states {tuple(h.shape[:2])} do not match positions {tuple(pos.shape)}.")
         if isinstance(self.start, str):  # "generated"
             start = state.prompt_lengths.to(h.device)
         else:

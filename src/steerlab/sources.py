@@ -57,7 +57,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
-ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m", "qwen2.5-coder": "qwen2.5-coder-0.5b"}
+ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m",
+           "qwen2.5-coder": "qwen2.5-coder-0.5b"}
 
 
 class ModelNotFoundError(FileNotFoundError):

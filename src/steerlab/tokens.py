@@ -145,6 +145,8 @@ def encode_texts(tokenizer: Any, rendered: Sequence[Rendered], *, padding_side: 
         else:
             astart.append(min(char_to_token(tokenizer, r.text, ids, offsets, r.assistant_start), len(ids) - 1))
     ids, mask = pad_ids(rows, tokenizer.pad_token_id, padding_side, device)
-    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long)
+    def as_tensor(xs):
+        return torch.tensor(xs, dtype=torch.long)
+
     return PromptBatch(ids, mask, as_tensor([len(r) for r in rows]), as_tensor(ustart), as_tensor(uend),
                        as_tensor(astart), padding_side, list(rendered))
