@@ -29,7 +29,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/foundation.py
 
 clean:
 	rm -rf $(VENV) steerlab-out test-artifacts

@@ -1,0 +1,92 @@
+"""Foundation benchmarks on the embedded model, measured side by side in one run:
+
+1. steered vs unsteered greedy generation time per token (one CAA-style vector from the
+   assistant turn onward), interleaved repeats, medians and the premium ``t_steered / t_base - 1``;
+2. early-exit capture at layer L of N vs a full forward pass (ratio, expected about L/N).
+
+Run: .venv/bin/python benchmarks/foundation.py [--repeats 7] [--out benchmarks/foundation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import steerlab
+from steerlab import capture
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_generation(lm, repeats: int, batch: int, new_tokens: int) -> dict:
+    prompts = ["Tell me about your weekend.", "Describe the town where you live.", "What is a good breakfast?",
+               "Write a sentence about the sea."] * 4
+    prompts = prompts[:batch]
+    vec = steerlab.SteeringVector({12: torch.randn(lm.hidden_size) * 4}, model_name=lm.name,
+                                  hidden_size=lm.hidden_size)
+    opts = dict(max_new_tokens=new_tokens, progress=False)
+
+    def plain():
+        lm.generate(prompts, **opts)
+
+    def steered():
+        lm.generate(prompts, steering=vec.interventions(2.0), **opts)
+
+    plain()
+    steered()  # warm-up
+    base, steer = [], []
+    for _ in range(repeats):  # interleaved so drift hits both equally
+        base.append(_time(plain))
+        steer.append(_time(steered))
+    mb, ms = statistics.median(base), statistics.median(steer)
+    tokens = new_tokens * len(prompts)
+    return {"batch": len(prompts), "new_tokens": new_tokens, "repeats": repeats,
+            "unsteered_s": mb, "steered_s": ms, "unsteered_tok_per_s": tokens / mb, "steered_tok_per_s": tokens / ms,
+            "premium": ms / mb - 1}
+
+
+def bench_early_exit(lm, repeats: int) -> list[dict]:
+    texts = [f"Sentence number {i} talks about the weather, the sea and a small town." * 3 for i in range(16)]
+    rows = []
+    for layer in (5, 15, 25):
+        fast, full = [], []
+        capture(lm, texts, layer, batch_size=16)
+        for _ in range(repeats):
+            fast.append(_time(lambda: capture(lm, texts, layer, batch_size=16)))
+            full.append(_time(lambda: capture(lm, texts, layer, batch_size=16, early_exit=False)))
+        mf, mu = statistics.median(fast), statistics.median(full)
+        rows.append({"layer": layer, "of": lm.num_layers, "early_exit_s": mf, "full_s": mu, "ratio": mf / mu,
+                     "expected_about": (layer + 1) / lm.num_layers})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default="benchmarks/foundation.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    lm = steerlab.load_model()
+    result = {
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": torch.__version__, "steerlab": steerlab.__version__},
+        "generation_batch1": bench_generation(lm, args.repeats, 1, 48),
+        "generation_batch8": bench_generation(lm, args.repeats, 8, 48),
+        "early_exit": bench_early_exit(lm, args.repeats),
+    }
+    print(json.dumps(result, indent=2))
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
