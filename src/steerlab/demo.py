@@ -125,9 +125,7 @@ def _report(lm, results, prompts, vec_aa, vec_caa, caa_layer, resid_norm, second
         "## Side by side (first sample of each prompt)", "",
         "| prompt | unsteered | ActAdd Love-Hate | CAA +max |", "|---|---|---|---|",
     ]
-    top = max(k for k in results if k.startswith("CAA"))
-    caa_top = f"CAA x{max(float(k.split('x')[1]) for k in results if k.startswith('CAA')):+g}"
-    del top
+    caa_top = f"CAA x{max(CAA_MULTIPLIERS):+g}"
     step = len(prompts) // len(NEUTRAL_PROMPTS)
     for i in range(0, len(prompts), step):
         cells = [prompts[i]] + [results[k]["texts"][i] for k in ("ActAdd unsteered", "ActAdd Love-Hate", caa_top)]
