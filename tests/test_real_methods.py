@@ -66,8 +66,24 @@ def test_cli_extract_info_generate_export(smol, tmp_path, capsys):
     assert cli.main(["info", str(tmp_path / "missing.safetensors")]) == 2
 
 
+def test_cli_sweep(smol, tmp_path, capsys):
+    assert cli.main(["sweep", "--data", "sentiment", "--open-answers", "--layers", "6,10", "--multipliers", "-2,2",
+                     "--limit", "6", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "recommended layer" in out and "| 6 |" in out and "| 10 |" in out
+    assert (tmp_path / "sweep-sentiment.png").exists() and (tmp_path / "sweep-sentiment.json").exists()
+
+
+def test_cli_reliability(smol, tmp_path, capsys):
+    assert cli.main(["reliability", "--data", "sentiment", "--open-answers", "--layer", "8", "--scale", "2",
+                     "--limit", "6", "--generalisation", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "anti-steerable" in out and "relative OOD steerability" in out
+    assert (tmp_path / "reliability-sentiment.json").exists() and (tmp_path / "generalisation-sentiment.png").exists()
+
+
 def test_demo_quick(tmp_path):
     assert cli.main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "ActAdd Love-Hate" in report and "CAA x+20" in report
+    assert "ActAdd Love-Hate" in report and "CAA x+4" in report
     assert (tmp_path / "demo" / "sentiment.png").stat().st_size > 5000

@@ -127,6 +127,52 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from . import datasets
+    from .evaluate.sweep import layer_sweep
+
+    lm = _load(args)
+    pairs = datasets.load(args.data)
+    if args.open_answers:
+        pairs = datasets.to_open_answers(pairs)
+    train, test = datasets.split(pairs)
+    if args.limit:
+        train, test = train[: args.limit], test[: args.limit]
+    layers = args.layers or list(range(1, lm.num_layers - 1))
+    result = layer_sweep(lm, train, test, layers, args.multipliers, dataset=str(args.data), method=args.method,
+                         chat=args.chat, system=args.system)
+    path = result.save(args.out)
+    print(f"unsteered p(matching) = {result.baseline:.3f}\n{result.table()}\n"
+          f"recommended layer {result.recommended_layer}: {result.how_chosen}\nwrote {path}")
+    return 0
+
+
+def cmd_reliability(args) -> int:
+    from . import datasets
+    from .evaluate.generalisation import generalisation
+    from .evaluate.reliability import reliability
+    from .methods import caa
+
+    lm = _load(args)
+    pairs = datasets.load(args.data)
+    if args.open_answers:
+        pairs = datasets.to_open_answers(pairs)
+    train, test = datasets.split(pairs)
+    if args.limit:
+        train, test = train[: args.limit], test[: args.limit]
+    layer = lm.check_layer(args.layer)
+    vec = caa.extract(lm, train, layer, chat=args.chat)
+    report = reliability(lm, vec, test, scale=args.scale, dataset=str(args.data), chat=args.chat)
+    print(report.summary())
+    print(f"wrote {report.save(args.out)}")
+    if args.generalisation:
+        gen = generalisation(lm, train, test, layer, dataset=str(args.data), scale=args.scale, chat=args.chat)
+        rel = ", ".join(f"{k} {v:+.2f}" if v is not None else f"{k} n/a" for k, v in gen.relative_steerability.items())
+        print(f"ID steerability {gen.id_steerability:+.3f}; relative OOD steerability: {rel}")
+        print(f"wrote {gen.save(args.out)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -185,6 +231,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show what a vector file holds")
     p.add_argument("vector")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("sweep", help="CAA layer x multiplier sweep of p(matching) on held-out pairs, with a plot")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="dataset file or built-in name")
+    p.add_argument("--layers", type=_parse_layers, default=None, help="default: every layer but the first and last")
+    p.add_argument("--multipliers", type=lambda t: [float(x) for x in t.split(",")], default=[-1.0, 1.0],
+                   help="comma-separated, e.g. -1,1 or -8,-2,2,8 (default -1,1)")
+    p.add_argument("--method", default="mean", choices=["mean", "pca", "probe"])
+    p.add_argument("--open-answers", action="store_true",
+                   help="score and extract on the option texts instead of the letters (A)/(B)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--system", default=None)
+    p.add_argument("--limit", type=int, default=0, help="at most this many train and test pairs each")
+    p.add_argument("--out", default="steerlab-out/sweep", help="folder for .md, .json and .png")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("reliability", help="per-item steerability, anti-steerable fraction, spurious factors")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="dataset file or built-in name (first half trains, second tests)")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiplier unit: slopes are over {-1.5..1.5} x scale (default 1)")
+    p.add_argument("--open-answers", action="store_true")
+    p.add_argument("--generalisation", action="store_true",
+                   help="also train/evaluate on system-prompt and user-prefix variants (heat-map)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--out", default="steerlab-out/reliability")
+    p.set_defaults(func=cmd_reliability)
 
     p = sub.add_parser("demo", help="the main job: ActAdd and CAA on the embedded model, with a report")
     p.add_argument("--model", default=None)

@@ -15,11 +15,13 @@ NEUTRAL_PROMPTS = [
     "Write a sentence about the weather today.",
     "How was the meeting this morning?",
 ]
-# Measured on SmolLM2-135M (see docs/RESULTS.md): residual-stream norm at block 12 is ~150,
-# the CAA sentiment vector's norm ~4.5, so multipliers of +-20 move the stream by ~60%.
-CAA_LAYER = 12
-CAA_MULTIPLIERS = (-20.0, -10.0, 0.0, 10.0, 20.0)
-ACTADD = dict(positive="Love", negative="Hate", layer=6, coeff=5.0)
+# Chosen on SmolLM2-135M (docs/RESULTS.md): the CAA sentiment vector is read on the option *texts*
+# of the built-in A/B items (datasets.to_open_answers); at block 8 its norm is ~8 against a median
+# residual norm of ~130, so multipliers up to +-4 move the stream by up to ~25%. Larger multipliers
+# or later layers degrade the text in both directions.
+CAA_LAYER = 8
+CAA_MULTIPLIERS = (-4.0, -2.0, 0.0, 2.0, 4.0)
+ACTADD = dict(positive="Love", negative="Hate", layer=10, coeff=5.0)
 SAMPLING = dict(do_sample=True, temperature=1.0, top_p=0.3, frequency_penalty=1.0, max_new_tokens=40)
 
 
@@ -60,7 +62,7 @@ def run_demo(out: str | Path, *, model: str | None = None, quick: bool = False) 
     results["ActAdd Love-Hate"] = {"texts": steered, "scores": vader_scores(steered)}
 
     print("[demo] CAA: sentiment vector from the built-in set ...", flush=True)
-    train, _ = datasets.split(datasets.builtin("sentiment"))
+    train, _ = datasets.split(datasets.to_open_answers(datasets.builtin("sentiment")))
     if quick:
         train = train[:24]
     caa_layer = min(CAA_LAYER, lm.num_layers - 1)
@@ -119,9 +121,10 @@ def _report(lm, results, prompts, vec_aa, vec_caa, caa_layer, resid_norm, second
         f"- ActAdd: `Love` - `Hate`, read at the input of block {next(iter(vec_aa.layers))}, c = "
         f"{vec_aa.meta['coeff']}, injected on the first {n_aa} prompt positions (chat-rendered; the shared "
         f"template prefix of {vec_aa.meta['shared_prefix']} tokens gets zero).",
-        f"- CAA: mean difference over {vec_caa.meta['n_pairs']} built-in sentiment A/B pairs at the output of block "
+        f"- CAA: mean difference over {vec_caa.meta['n_pairs']} built-in sentiment pairs (option texts as answers, "
+        f"read at their last token) at the output of block "
         f"{caa_layer}; vector norm {vec_caa.norms()[caa_layer]:.2f} vs median residual norm {resid_norm:.1f} at that "
-        "layer, hence multipliers in the tens.", "",
+        "layer.", "",
         "## Side by side (first sample of each prompt)", "",
         "| prompt | unsteered | ActAdd Love-Hate | CAA +max |", "|---|---|---|---|",
     ]

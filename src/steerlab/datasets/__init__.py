@@ -177,6 +177,25 @@ def load(path_or_name: str | Path) -> list[ContrastivePair]:
     return pairs
 
 
+_OPTION = re.compile(r"^ *\(([A-Z])\):? ?(.*)$", re.M)
+
+
+def to_open_answers(pairs: Sequence[ContrastivePair]) -> list[ContrastivePair]:
+    """A/B items rewritten with the option *texts* as the answers and the choices removed from the
+    prompt, e.g. ``"(A)"`` -> ``"It was wonderful."``. Small models that answer letters at chance
+    still score and steer whole answers (see docs/RESULTS.md)."""
+    out = []
+    for p in pairs:
+        options = {m.group(1): m.group(2).strip() for m in _OPTION.finditer(p.prompt)}
+        letters = [_LETTER.search(a).group(1) for a in (p.positive, p.negative) if _LETTER.search(a)]
+        if len(letters) != 2 or any(letter not in options for letter in letters):
+            raise DatasetError(f"{p.meta.get('source', 'item')}: cannot find options {letters} in the question.")
+        first = _OPTION.search(p.prompt).start()
+        prompt = re.sub(r"\n*Choices:\s*$", "", p.prompt[:first].rstrip()).rstrip()
+        out.append(ContrastivePair(prompt, options[letters[0]], options[letters[1]], {**p.meta, "open": True}))
+    return out
+
+
 def builtin_path(name: str) -> Path:
     if name not in BUILTIN:
         raise DatasetError(f"No built-in dataset {name!r}; available: {', '.join(BUILTIN)}.")

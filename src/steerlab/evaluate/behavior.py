@@ -1,0 +1,133 @@
+"""Behaviour scores for A/B (or any two-answer) items under steering.
+
+Each answer is scored by the log-probability of its *whole string* given the prompt (``"(A)"``,
+``" Yes"``, ...), summed over its tokens, so tokenizers that merge ``"(A"`` into one token are
+handled. From the two log-probabilities:
+
+- ``p_matching = p(pos) / (p(pos) + p(neg))`` (CAA's behaviour score);
+- ``propensity = logp(pos) - logp(neg)`` (Tan et al.: the logit difference for single-token
+  answers, the summed log-probability difference for multi-token ones).
+
+Steering starts at the assistant turn, so everything before it is the same for every answer,
+multiplier and layer. With ``share_prefix=True`` (default) each item's prefix is run once and its
+KV cache is shared by all variants, which are then one batched forward over the short suffixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..datasets import ContrastivePair
+from ..intervene import Window, add, steer
+from ..tokens import char_to_token, pad_ids, tokenize_with_offsets
+from ..vector import SteeringVector
+
+
+@dataclass
+class _Item:
+    ids: list[list[int]]  # per answer: full token ids
+    answer_start: list[int]  # per answer: first token of the answer
+    prefix: int  # tokens before the assistant turn (shared by both answers)
+
+
+def _prepare(lm, pair: ContrastivePair, chat: bool, system: str | None) -> _Item:
+    ids, starts, prefixes = [], [], []
+    for answer in (pair.positive, pair.negative):
+        rendered = lm.render(pair.prompt, chat=chat, system=system, assistant_prefix=answer)
+        toks, offsets = tokenize_with_offsets(lm.tokenizer, rendered.text)
+        start = char_to_token(lm.tokenizer, rendered.text, toks, offsets, len(rendered.text) - len(answer))
+        if rendered.assistant_start is None:
+            prefix = start - 1
+        else:
+            prefix = char_to_token(lm.tokenizer, rendered.text, toks, offsets, rendered.assistant_start)
+        ids.append(toks)
+        starts.append(start)
+        prefixes.append(min(prefix, start - 1))
+    prefix = min(prefixes)
+    if ids[0][:prefix] != ids[1][:prefix]:
+        raise ValueError("The two answers change the tokens before the assistant turn; cannot score them.")
+    return _Item(ids, starts, max(prefix, 1))
+
+
+@dataclass
+class Variant:
+    """One steering condition: ``multiplier`` times ``vector`` (default: the call's vector) at
+    ``layer`` (default: every layer of the vector)."""
+
+    multiplier: float
+    layer: int | None = None
+    vector: SteeringVector | None = None
+
+
+def _interventions(default: SteeringVector | None, variants: Sequence[Variant], n_answers: int, start):
+    """Per-row strengths: rows are (variant, answer) in variant-major order."""
+    vectors: list[SteeringVector] = []
+    for v in variants:
+        vec = v.vector or default
+        if vec is not None and v.multiplier != 0 and all(vec is not w for w in vectors):
+            vectors.append(vec)
+    ivs = []
+    for vec in vectors:
+        for layer, tensor in vec.layers.items():
+            strength = torch.tensor([v.multiplier if (v.vector or default) is vec and v.layer in (None, layer) else 0.0
+                                     for v in variants for _ in range(n_answers)])
+            if strength.abs().sum() > 0:
+                ivs.append(add(layer, tensor, strength=strength, window=Window(start), site=vec.site))
+    return ivs
+
+
+def _answer_logprob(logits: torch.Tensor, rows: list[list[int]], starts: list[int], offset: int) -> torch.Tensor:
+    """Sum of log p(answer tokens); ``logits[:, j]`` is at token ``offset + j`` and predicts the next."""
+    logp = logits.float().log_softmax(-1)
+    out = []
+    for r, (ids, start) in enumerate(zip(rows, starts)):
+        targets = torch.tensor(ids[start:], device=logp.device)
+        cols = torch.arange(start - 1, len(ids) - 1, device=logp.device) - offset
+        out.append(logp[r, cols, targets].sum())
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def answer_logprobs(lm, pairs: Sequence[ContrastivePair], vector: SteeringVector | None = None,
+                    variants: Sequence[Variant | float] = (0.0,), *, chat: bool = True, system: str | None = None,
+                    share_prefix: bool = True, progress: bool | None = None) -> torch.Tensor:
+    """Log-probabilities ``[V, N, 2]`` of (positive, negative) answer for each variant and item."""
+    variants = [v if isinstance(v, Variant) else Variant(float(v)) for v in variants]
+    out = torch.empty(len(variants), len(pairs), 2)
+    show = progress if progress is not None else len(pairs) > 20
+    for n, pair in enumerate(tqdm(pairs, desc="score", disable=not show, leave=False)):
+        item = _prepare(lm, pair, chat, system)
+        rows = [ids for _ in variants for ids in item.ids]
+        starts = [s for _ in variants for s in item.answer_start]
+        ivs = _interventions(vector, variants, 2, item.prefix)
+        if share_prefix:
+            prefix = torch.tensor([item.ids[0][: item.prefix]], device=lm.device)
+            cache = lm.model(input_ids=prefix, use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(rows))
+            suffix, mask = pad_ids([r[item.prefix:] for r in rows], lm.tokenizer.pad_token_id, "right", lm.device)
+            full_mask = torch.cat([torch.ones(len(rows), item.prefix, dtype=mask.dtype, device=mask.device), mask], 1)
+            positions = (full_mask.cumsum(-1) - 1)[:, item.prefix:]
+            with steer(lm, ivs):
+                logits = lm.model(input_ids=suffix, attention_mask=full_mask, past_key_values=cache,
+                                  position_ids=positions, use_cache=True).logits
+            offset = item.prefix  # answers start after the prefix, so its own logits are never needed
+        else:
+            ids, mask = pad_ids(rows, lm.tokenizer.pad_token_id, "right", lm.device)
+            with steer(lm, ivs):
+                logits = lm.model(**lm.forward_inputs(ids, mask)).logits
+            offset = 0
+        out[:, n] = _answer_logprob(logits, rows, starts, offset).view(len(variants), 2).cpu()
+    return out
+
+
+def p_matching(logprobs: torch.Tensor) -> torch.Tensor:
+    """``p(pos) / (p(pos) + p(neg))`` from ``[..., 2]`` log-probabilities."""
+    return torch.sigmoid(logprobs[..., 0] - logprobs[..., 1])
+
+
+def propensity(logprobs: torch.Tensor) -> torch.Tensor:
+    return logprobs[..., 0] - logprobs[..., 1]
