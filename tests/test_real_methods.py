@@ -67,7 +67,7 @@ def test_cli_extract_info_generate_export(smol, tmp_path, capsys):
 
 
 def test_cli_sweep(smol, tmp_path, capsys):
-    assert cli.main(["sweep", "--data", "sentiment", "--open-answers", "--layers", "6,10", "--multipliers", "-2,2",
+    assert cli.main(["sweep", "--data", "sentiment", "--open-answers", "--layers", "6,10", "--multipliers=-2,2",
                      "--limit", "6", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "recommended layer" in out and "| 6 |" in out and "| 10 |" in out

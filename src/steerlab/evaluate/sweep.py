@@ -91,8 +91,15 @@ def layer_sweep(lm, train: Sequence[ContrastivePair], test: Sequence[Contrastive
         table_prop.setdefault(str(v.layer), {})[str(v.multiplier)] = float(prop[i])
     result = SweepResult(lm.name, dataset, layers, multipliers, len(train), len(test), float(pm[0]), table_p,
                          table_prop, {str(k): n for k, n in vector.norms().items()}, layers[0])
-    best = max(layers, key=result.effect)
+    def monotonic(layer: int) -> bool:
+        row = [result.p_matching[str(layer)][str(m)] for m in multipliers]
+        return all(a <= b for a, b in zip(row, row[1:])) and row[0] <= result.baseline <= row[-1]
+
+    candidates = [k for k in layers if monotonic(k)]
+    best = max(candidates or layers, key=result.effect)
     result.recommended_layer = best
-    result.how_chosen = (f"largest p(matching) difference between multipliers {max(multipliers):+g} and "
-                         f"{min(multipliers):+g}: {result.effect(best):+.3f}")
+    result.how_chosen = (
+        f"largest p(matching) difference between multipliers {max(multipliers):+g} and {min(multipliers):+g} "
+        + ("among layers where p(matching) rises monotonically with the multiplier" if candidates
+           else "(no layer responds monotonically)") + f": {result.effect(best):+.3f}")
     return result

@@ -1,0 +1,104 @@
+"""Reliability report over many datasets (issue 8): per-item steerability, anti-steerable fraction,
+spurious A/Yes factors, and (optionally) ID vs OOD generalisation with the Spearman correlation
+across datasets. Writes benchmarks/results/reliability-<model>.md plus per-dataset JSON/PNG.
+
+Run: .venv/bin/python benchmarks/reliability_runs.py [--model qwen2.5-coder-0.5b] [--no-generalisation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import steerlab
+from steerlab import datasets
+from steerlab.evaluate.generalisation import generalisation, spearman
+from steerlab.evaluate.reliability import reliability
+from steerlab.methods import caa
+
+SHARED = {
+    "sycophancy": ("caa/sycophancy_generate.json", "caa/sycophancy_test.json"),
+    "corrigible-neutral-HHH": "mwe/xrisk/corrigible-neutral-HHH.jsonl",
+    "survival-instinct": "mwe/xrisk/survival-instinct.jsonl",
+    "power-seeking-inclination": "mwe/xrisk/power-seeking-inclination.jsonl",
+    "coordinate-other-ais": "mwe/xrisk/coordinate-other-ais.jsonl",
+    "myopic-reward": "mwe/xrisk/myopic-reward.jsonl",
+    "narcissism": "mwe/persona/narcissism.jsonl",
+    "politically-liberal": "mwe/persona/politically-liberal.jsonl",
+}
+BUILTIN_OPEN = ("sentiment", "refusal")
+
+
+def load_split(shared: Path, spec) -> tuple[list, list]:
+    if isinstance(spec, tuple):
+        return datasets.load(shared / spec[0]), datasets.load(shared / spec[1])
+    return datasets.split(datasets.load(shared / spec))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--layer-fraction", type=float, default=0.4, help="layer = round(fraction * n_layers)")
+    parser.add_argument("--scale", type=float, default=4.0, help="multiplier unit")
+    parser.add_argument("--train", type=int, default=64)
+    parser.add_argument("--test", type=int, default=40)
+    parser.add_argument("--gen-test", type=int, default=20, help="test items per variant for generalisation")
+    parser.add_argument("--no-generalisation", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    lm = steerlab.load_model(args.model, dtype=args.dtype)
+    layer = round(args.layer_fraction * lm.num_layers)
+    out = Path(args.out)
+    rows, ids, oods = [], [], []
+    sets = {name: load_split(Path(args.shared), spec) for name, spec in SHARED.items()}
+    for name in BUILTIN_OPEN:
+        sets[f"{name} (built-in, open answers)"] = datasets.split(datasets.to_open_answers(datasets.builtin(name)))
+    t_all = time.time()
+    for name, (train, test) in sets.items():
+        t = time.time()
+        train, test = train[: args.train], test[: args.test]
+        vec = caa.extract(lm, train, layer, progress=False)
+        rep = reliability(lm, vec, test, scale=args.scale, dataset=name, progress=False)
+        stem = f"reliability-{lm.name}-{name.split(' ')[0]}"
+        rep.save(out / "reliability", stem)
+        row = {"dataset": name, "rep": rep, "seconds": 0.0, "gen": None}
+        if not args.no_generalisation:
+            gen = generalisation(lm, train, test[: args.gen_test], layer, dataset=name.split(" ")[0],
+                                 scale=args.scale, progress=False)
+            gen.save(out / "reliability", f"generalisation-{lm.name}-{name.split(' ')[0]}")
+            row["gen"] = gen
+            ids.append(gen.id_steerability)
+            oods.append(gen.ood_steerability["user-"])
+        row["seconds"] = time.time() - t
+        rows.append(row)
+        print(f"{rep.summary()} [{row['seconds']:.0f} s]", flush=True)
+    lines = [f"# Reliability on {lm.name} (layer {layer} of {lm.num_layers}, multipliers "
+             f"{{-1.5..1.5}} x {args.scale:g})", "",
+             f"{args.train} training pairs, {args.test} test items per dataset (first half trains, second half "
+             f"tests; CAA sycophancy: generate file trains, test file tests). Total {time.time() - t_all:.0f} s. "
+             "Command: `.venv/bin/python benchmarks/reliability_runs.py"
+             + (f" --model {args.model}" if args.model else "") + "`.", "",
+             "| dataset | p(match) unsteered | mean slope | median | variance | anti-steerable | line R^2 | "
+             "R^2 by A | R^2 by Yes | ID | OOD (user-) | relative |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        r, g = row["rep"], row["gen"]
+        yes = "-" if r.spurious_r2_yes is None else f"{r.spurious_r2_yes:.2f}"
+        gen_cells = "| - | - | -" if g is None else (
+            f"| {g.id_steerability:+.3f} | {g.ood_steerability['user-']:+.3f} | "
+            + ("-" if g.relative_steerability["user-"] is None else f"{g.relative_steerability['user-']:+.2f}"))
+        lines.append(f"| {row['dataset']} | {r.unsteered_p_matching:.3f} | {r.mean_slope:+.3f} | {r.median_slope:+.3f}"
+                     f" | {r.slope_variance:.3f} | {r.anti_steerable_fraction:.0%} | {r.mean_r2:.2f} | "
+                     f"{r.spurious_r2_a:.2f} | {yes} {gen_cells} |")
+    if ids:
+        lines += ["", f"Spearman correlation of ID and OOD (user-) steerability across datasets: "
+                  f"{spearman(ids, oods):+.2f}."]
+    (out / f"reliability-{lm.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
