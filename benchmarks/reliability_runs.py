@@ -45,8 +45,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=4.0, help="multiplier unit")
     parser.add_argument("--train", type=int, default=64)
     parser.add_argument("--test", type=int, default=40)
-    parser.add_argument("--gen-test", type=int, default=20, help="test items per variant for generalisation")
+    parser.add_argument("--gen-test", type=int, default=16, help="test items per variant for generalisation")
     parser.add_argument("--no-generalisation", action="store_true")
+    parser.add_argument("--gen-datasets", default="corrigible-neutral-HHH,survival-instinct,power-seeking-inclination,"
+                        "narcissism,politically-liberal,sentiment",
+                        help="datasets that also get the (costly) generalisation run")
+    parser.add_argument("--gen-train", type=int, default=32, help="training pairs per variant for generalisation")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     lm = steerlab.load_model(args.model, dtype=args.dtype)
@@ -65,8 +69,8 @@ def main() -> None:
         stem = f"reliability-{lm.name}-{name.split(' ')[0]}"
         rep.save(out / "reliability", stem)
         row = {"dataset": name, "rep": rep, "seconds": 0.0, "gen": None}
-        if not args.no_generalisation:
-            gen = generalisation(lm, train, test[: args.gen_test], layer, dataset=name.split(" ")[0],
+        if not args.no_generalisation and name.split(" ")[0] in args.gen_datasets.split(","):
+            gen = generalisation(lm, train[: args.gen_train], test[: args.gen_test], layer, dataset=name.split(" ")[0],
                                  scale=args.scale, progress=False)
             gen.save(out / "reliability", f"generalisation-{lm.name}-{name.split(' ')[0]}")
             row["gen"] = gen
