@@ -127,17 +127,24 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_sweep(args) -> int:
+def _train_test(args):
+    """The --data set (option texts as answers with --open-answers), split in halves, --limit applied."""
     from . import datasets
-    from .evaluate.sweep import layer_sweep
 
-    lm = _load(args)
     pairs = datasets.load(args.data)
     if args.open_answers:
         pairs = datasets.to_open_answers(pairs)
     train, test = datasets.split(pairs)
     if args.limit:
         train, test = train[: args.limit], test[: args.limit]
+    return train, test
+
+
+def cmd_sweep(args) -> int:
+    from .evaluate.sweep import layer_sweep
+
+    lm = _load(args)
+    train, test = _train_test(args)
     layers = args.layers or list(range(1, lm.num_layers - 1))
     result = layer_sweep(lm, train, test, layers, args.multipliers, dataset=str(args.data), method=args.method,
                          chat=args.chat, system=args.system)
@@ -148,18 +155,12 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_reliability(args) -> int:
-    from . import datasets
     from .evaluate.generalisation import generalisation
     from .evaluate.reliability import reliability
     from .methods import caa
 
     lm = _load(args)
-    pairs = datasets.load(args.data)
-    if args.open_answers:
-        pairs = datasets.to_open_answers(pairs)
-    train, test = datasets.split(pairs)
-    if args.limit:
-        train, test = train[: args.limit], test[: args.limit]
+    train, test = _train_test(args)
     layer = lm.check_layer(args.layer)
     vec = caa.extract(lm, train, layer, chat=args.chat)
     report = reliability(lm, vec, test, scale=args.scale, dataset=str(args.data), chat=args.chat)

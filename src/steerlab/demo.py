@@ -85,11 +85,9 @@ def run_demo(out: str | Path, *, model: str | None = None, quick: bool = False) 
 
 
 def _plot(results: dict, path: Path) -> None:
-    import matplotlib
+    from .evaluate.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(results)
     stats = [_summary(results[n]["scores"]) for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.8))

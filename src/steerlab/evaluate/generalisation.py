@@ -10,8 +10,7 @@ Relative steerability = OOD / ID steerability, reported where ID is clearly posi
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +19,7 @@ import torch
 from ..datasets import ContrastivePair
 from ..methods import caa
 from .behavior import Variant, answer_logprobs, propensity
+from .files import pyplot, save_json_and_plot
 from .reliability import MULTIPLIERS, fit_lines
 
 VARIANTS = ("baseline", "system+", "system-", "user+", "user-")
@@ -58,19 +58,11 @@ class GeneralisationReport:
     relative_steerability: dict[str, float | None]
 
     def save(self, folder: str | Path, name: str | None = None) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         stem = name or f"generalisation-{Path(self.dataset).stem}"
-        (folder / f"{stem}.json").write_text(json.dumps(asdict(self), indent=2))
-        self.plot(folder / f"{stem}.png")
-        return folder / f"{stem}.json"
+        return save_json_and_plot(self, folder, stem) / f"{stem}.json"
 
     def plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         m = torch.tensor(self.steerability)
         fig, ax = plt.subplots(figsize=(5.2, 4.2))
         lim = float(m.abs().max()) or 1.0

@@ -11,8 +11,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +20,7 @@ import torch
 from ..datasets import ContrastivePair
 from ..vector import SteeringVector
 from .behavior import Variant, answer_logprobs, propensity
+from .files import pyplot, save_json_and_plot
 
 MULTIPLIERS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 
@@ -98,11 +98,8 @@ class ReliabilityReport:
                 f"line fit R^2 {self.mean_r2:.2f}, variance explained by A {self.spurious_r2_a:.2f} / Yes {yes}")
 
     def save(self, folder: str | Path, name: str | None = None) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         stem = name or f"reliability-{Path(self.dataset).stem}"
-        (folder / f"{stem}.json").write_text(json.dumps(asdict(self), indent=2))
-        self.plot(folder / f"{stem}.png")
+        folder = save_json_and_plot(self, folder, stem)
         (folder / f"{stem}.md").write_text(
             f"# Reliability: {self.dataset} on {self.model}, layer {self.layer}\n\n{self.summary()}\n\n"
             f"Multipliers {self.multipliers} x {self.scale:g}; {self.n_items} held-out items; unsteered "
@@ -110,11 +107,7 @@ class ReliabilityReport:
         return folder / f"{stem}.md"
 
     def plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 3.4))
         ax.hist(self.slopes, bins=30, color="#1b9e77")
         ax.axvline(0, color="black", lw=0.8)

@@ -3,14 +3,14 @@ on held-out pairs at each (layer, multiplier), sharing each item's prompt prefix
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from ..datasets import ContrastivePair
 from ..methods import caa
 from .behavior import Variant, answer_logprobs, p_matching, propensity
+from .files import pyplot, save_json_and_plot
 
 
 @dataclass
@@ -43,23 +43,16 @@ class SweepResult:
         return "\n".join(lines)
 
     def save(self, folder: str | Path, name: str | None = None) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         stem = name or f"sweep-{Path(self.dataset).stem}"
-        (folder / f"{stem}.json").write_text(json.dumps(asdict(self), indent=2))
+        folder = save_json_and_plot(self, folder, stem)
         md = (f"# Layer sweep: {self.dataset} on {self.model}\n\n{self.n_train} training pairs, {self.n_test} test "
               f"pairs; unsteered p(matching) = {self.baseline:.3f}.\n\n{self.table()}\n\n"
               f"Recommended layer: {self.recommended_layer} ({self.how_chosen}).\n\n![sweep]({stem}.png)\n")
         (folder / f"{stem}.md").write_text(md)
-        self.plot(folder / f"{stem}.png")
         return folder / f"{stem}.md"
 
     def plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 3.8))
         for m in self.multipliers:
             ax.plot(self.layers, [self.p_matching[str(k)][str(m)] for k in self.layers], marker="o", ms=3,
