@@ -46,20 +46,24 @@ def render_prompt(tokenizer: Any, prompt: str, *, chat: bool = True, system: str
         assistant_start = start + len(prompt)
         return Rendered(text + (" " + assistant_prefix if assistant_prefix else ""), start,
                         start + len(prompt), assistant_start)
+    # Render around a marker so the user's text is found exactly (even when empty or also present
+    # in the system prompt), then put the text in its place.
+    marker = "\u2063steerlab-user-text\u2063"
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": prompt}
+        {"role": "user", "content": marker}
     ]
     without_header = tokenizer.apply_chat_template(messages, tokenize=False)
     with_header = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    user_start = with_header.rfind(prompt) if prompt else -1
-    if user_start < 0:
+    if with_header.count(marker) != 1:
         raise ValueError(
-            "Could not find the user's text inside the chat-rendered prompt (the template changes it); "
-            "pass chat=False and render the prompt yourself."
+            "The chat template does not place the user's text verbatim in the prompt; pass chat=False and "
+            "render the prompt yourself."
         )
+    user_start = with_header.index(marker)
     user_end = user_start + len(prompt)
-    assistant_start = len(without_header) if with_header.startswith(without_header) else user_end
-    return Rendered(with_header + assistant_prefix, user_start, user_end, assistant_start)
+    shift = len(prompt) - len(marker)
+    assistant_start = len(without_header) + shift if with_header.startswith(without_header) else user_end
+    return Rendered(with_header.replace(marker, prompt) + assistant_prefix, user_start, user_end, assistant_start)
 
 
 def _adds_special_tokens(tokenizer: Any, text: str) -> bool:
