@@ -39,10 +39,18 @@ import ctypes, json, sys
 import numpy as np
 import gguf
 import llama_cpp
+import llama_cpp.llama
+# ggml's AMX / repacked CPU buffers crash in this sandbox; plain CPU buffers do not.
+_defaults = llama_cpp.llama_model_default_params
+def _params():
+    p = _defaults()
+    p.use_extra_bufts = False
+    return p
+llama_cpp.llama.llama_cpp.llama_model_default_params = _params
 model_path, cvec_path, scale = sys.argv[1], sys.argv[2], float(sys.argv[3])
 prompts = json.loads(sys.stdin.read())
 llm = llama_cpp.Llama(model_path=model_path, n_ctx=256, logits_all=True, verbose=False, n_threads=2)
-n_embd, n_layer = llm.n_embd(), llama_cpp.llama_model_n_layer(llm.model)
+n_embd, n_layer = llm.n_embd(), llama_cpp.llama_model_n_layer(llm._model.model)
 buf = np.zeros(n_embd * n_layer, dtype=np.float32)
 for t in gguf.GGUFReader(cvec_path).tensors:
     idx = int(t.name.split(".")[1])
@@ -52,7 +60,7 @@ def run(apply):
     for p in prompts:
         data = buf if apply else np.zeros_like(buf)
         ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        rc = llama_cpp.llama_apply_adapter_cvec(llm.ctx, ptr, data.size, n_embd, 1, n_layer - 1)
+        rc = llama_cpp.llama_apply_adapter_cvec(llm._ctx.ctx, ptr, data.size, n_embd, 1, n_layer - 1)
         assert rc == 0, rc
         llm.reset()
         toks = llm.tokenize(p.encode(), add_bos=False, special=False)
@@ -85,23 +93,28 @@ def main() -> None:
             plain = lm.model(ids).logits[0, -1]
             with lm.steer(vec.interventions(scale, Window.all())):
                 steered = lm.model(ids).logits[0, -1]
+            # Control: the same vector one block later, to show the layer numbering matters.
+            shifted = steerlab.SteeringVector({layer + 1: vec.layers[layer]}, lm.name, lm.hidden_size)
+            with lm.steer(shifted.interventions(scale, Window.all())):
+                off_by_one = lm.model(ids).logits[0, -1]
         ours_delta = steered - plain
         l_plain = torch.tensor(theirs["plain"][i]["logits"])
         l_steered = torch.tensor(theirs["steered"][i]["logits"])
         their_delta = l_steered - l_plain
         corr = float(torch.corrcoef(torch.stack([ours_delta, their_delta]))[0, 1])
         base_corr = float(torch.corrcoef(torch.stack([plain, l_plain]))[0, 1])
-        rows.append((prompt, corr, base_corr, int(steered.argmax()) == int(l_steered.argmax()),
+        wrong = float(torch.corrcoef(torch.stack([off_by_one - plain, their_delta]))[0, 1])
+        rows.append((prompt, corr, wrong, base_corr, int(steered.argmax()) == int(l_steered.argmax()),
                      float(ours_delta.norm()), float(their_delta.norm())))
     lines = ["# llama.cpp interop on smollm2-135m", "",
              f"CAA sentiment vector (block {layer}, open answers) exported with `steerlab export` and applied by "
              f"llama.cpp (llama-cpp-python, Q4_1 GGUF) at scale {scale:g} vs steerlab on the dequantised model "
              "(every position). Command: `LLAMA_PYTHON=/tmp/llvenv/bin/python .venv/bin/python "
              "benchmarks/llamacpp_interop.py`.", "",
-             "| prompt | corr. of logit changes | corr. of unsteered logits | same steered top-1 | "
-             "norm of change (steerlab / llama.cpp) |", "|---|---:|---:|---|---:|"]
-    for prompt, corr, base_corr, same, n1, n2 in rows:
-        lines.append(f"| {prompt} | {corr:.3f} | {base_corr:.4f} | {same} | {n1:.1f} / {n2:.1f} |")
+             "| prompt | corr. of logit changes | same, steerlab at block L+1 | corr. of unsteered logits | "
+             "same steered top-1 | norm of change (steerlab / llama.cpp) |", "|---|---:|---:|---:|---|---:|"]
+    for prompt, corr, wrong, base_corr, same, n1, n2 in rows:
+        lines.append(f"| {prompt} | {corr:.3f} | {wrong:.3f} | {base_corr:.4f} | {same} | {n1:.1f} / {n2:.1f} |")
     out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "llamacpp-interop.md").write_text("\n".join(lines) + "\n")
