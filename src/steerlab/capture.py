@@ -9,7 +9,7 @@ from typing import Union
 import torch
 from tqdm.auto import tqdm
 
-from .tokens import PromptBatch, Rendered, encode_texts, pad_ids
+from .tokens import PromptBatch, Rendered, pad_ids, tokenize_with_offsets
 
 PositionSpec = Union[str, int, Sequence[int], torch.Tensor, Sequence[Sequence[bool]]]
 
@@ -51,20 +51,18 @@ def _select(spec: PositionSpec, lengths: torch.Tensor, rows: torch.Tensor) -> li
     return out
 
 
-def _as_batch(lm, inputs, chat: bool, padding_side: str) -> tuple[list[list[int]], PromptBatch | None]:
+def _token_rows(lm, inputs, chat: bool) -> list[list[int]]:
+    """Each input's real (unpadded) token ids."""
     if isinstance(inputs, PromptBatch):
-        rows = [inputs.input_ids[i][inputs.attention_mask[i].bool()].tolist() for i in range(len(inputs))]
-        return rows, inputs
+        return [inputs.input_ids[i][inputs.attention_mask[i].bool()].tolist() for i in range(len(inputs))]
     if isinstance(inputs, str):
         inputs = [inputs]
     if len(inputs) == 0:
         raise ValueError("capture() was given no inputs.")
     if isinstance(inputs[0], (list, tuple)) or isinstance(inputs[0], torch.Tensor):
-        return [list(map(int, r)) for r in inputs], None
+        return [list(map(int, r)) for r in inputs]
     rendered = [r if isinstance(r, Rendered) else lm.render(r, chat=chat) for r in inputs]
-    batch = encode_texts(lm.tokenizer, rendered, padding_side=padding_side)
-    rows = [batch.input_ids[i][batch.attention_mask[i].bool()].tolist() for i in range(len(batch))]
-    return rows, batch
+    return [tokenize_with_offsets(lm.tokenizer, r.text)[0] for r in rendered]
 
 
 @torch.no_grad()
@@ -99,7 +97,7 @@ def capture(
     layer_list = sorted({lm.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)})
     if site not in ("output", "input"):
         raise ValueError(f"site must be 'output' or 'input', not {site!r}.")
-    rows, _ = _as_batch(lm, inputs, chat, padding_side)
+    rows = _token_rows(lm, inputs, chat)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i])) if sort_by_length else list(range(len(rows)))
     deepest = layer_list[-1]
     results: dict[int, list[tuple[int, torch.Tensor]]] = {layer: [] for layer in layer_list}

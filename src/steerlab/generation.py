@@ -39,12 +39,24 @@ def _slice_intervention(iv: Intervention, sl: slice, n_total: int) -> Interventi
     return replace(iv, strength=_rows(iv.strength, sl, n_total), window=window)
 
 
+def steering_items(steering) -> list:
+    """``steering`` as a list (it may be one item, a list or tuple of them, or None)."""
+    return list(steering) if isinstance(steering, (list, tuple)) else [steering]
+
+
+def transform_batch(lm, batch, steering):
+    """Let steering that needs other tokens reshape the batch (e.g. ActAdd's pad mode inserts spaces)."""
+    for item in steering_items(steering):
+        if hasattr(item, "transform_batch"):
+            batch = item.transform_batch(lm, batch)
+    return batch
+
+
 def resolve_steering(steering, batch) -> list[Intervention]:
     """Interventions for one prompt batch: objects with ``for_batch(batch)`` (e.g. ActAdd) are asked
     for theirs; SteeringVectors and Interventions are used as they are."""
-    items = steering if isinstance(steering, (list, tuple)) else [steering]
     out: list[Intervention] = []
-    for item in items:
+    for item in steering_items(steering):
         if item is None:
             continue
         if hasattr(item, "for_batch"):
@@ -85,9 +97,7 @@ def generate(
     for start in tqdm(starts, desc="generate", disable=not show, leave=False):
         sl = slice(start, start + batch_size)
         batch = lm.prepare(prompts[sl], chat=chat, system=system, padding_side="left")
-        for item in steering if isinstance(steering, (list, tuple)) else [steering]:
-            if hasattr(item, "transform_batch"):  # e.g. ActAdd's pad mode inserts tokens
-                batch = item.transform_batch(lm, batch)
+        batch = transform_batch(lm, batch, steering)
         ivs = [_slice_intervention(iv, sl, len(prompts)) for iv in resolve_steering(steering, batch)]
         width = batch.input_ids.shape[1]
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=lm.tokenizer.pad_token_id)

@@ -3,6 +3,8 @@ into one :class:`SteerModel` that knows its blocks, hidden size and chat format.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shutil
 import tempfile
@@ -145,10 +147,8 @@ class SteerModel:
             inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         return inputs
 
-    @property
+    @functools.cached_property
     def _accepts_position_ids(self) -> bool:
-        import inspect
-
         return "position_ids" in inspect.signature(self.model.forward).parameters
 
     # ------------------------------------------------------------------ use

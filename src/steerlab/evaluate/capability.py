@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from ..datasets import ContrastivePair, load_ab
-from ..generation import resolve_steering
+from ..generation import resolve_steering, steering_items, transform_batch
 from ..intervene import steer
 from ..tokens import Rendered, char_to_token, encode_texts, tokenize_with_offsets
 from .behavior import Variant, answer_logprobs, p_matching
@@ -59,13 +59,6 @@ def _batch(lm, texts: Sequence[str], user_prompt: str | None):
     return batch, starts
 
 
-def _transform(lm, batch, steering):
-    for item in steering if isinstance(steering, (list, tuple)) else [steering]:
-        if hasattr(item, "transform_batch"):
-            batch = item.transform_batch(lm, batch)
-    return batch
-
-
 @torch.no_grad()
 def token_nll(lm, texts: Sequence[str], steering=None, *, skip_first: int = 0, user_prompt: str | None = None,
               batch_size: int = 8) -> list[float]:
@@ -74,10 +67,9 @@ def token_nll(lm, texts: Sequence[str], steering=None, *, skip_first: int = 0, u
     out = []
     for i in range(0, len(texts), batch_size):
         batch, starts = _batch(lm, texts[i: i + batch_size], user_prompt)
-        if steering is not None and any(hasattr(s, "transform_batch") and s.mode == "pad" for s in
-                                        (steering if isinstance(steering, (list, tuple)) else [steering])):
+        if any(hasattr(s, "transform_batch") and s.mode == "pad" for s in steering_items(steering)):
             raise ValueError("token_nll compares steered and unsteered scores of the same tokens; use overlay mode.")
-        batch = _transform(lm, batch, steering)
+        batch = transform_batch(lm, batch, steering)
         with steer(lm, resolve_steering(steering, batch), batch=batch):
             logits = lm.model(**lm.forward_inputs(batch.input_ids, batch.attention_mask)).logits.float()
         logp = logits[:, :-1].log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
@@ -126,7 +118,7 @@ def next_token_accuracy(lm, facts: Sequence[tuple[str, str]] | None = None, stee
     for i in range(0, len(facts), batch_size):
         chunk = facts[i: i + batch_size]
         batch, _ = _batch(lm, [p for p, _ in chunk], user_prompt)
-        batch = _transform(lm, batch, steering)
+        batch = transform_batch(lm, batch, steering)
         with steer(lm, resolve_steering(steering, batch), batch=batch):
             logits = lm.model(**lm.forward_inputs(batch.input_ids, batch.attention_mask)).logits
         last = logits[torch.arange(len(chunk)), batch.lengths.to(logits.device) - 1]

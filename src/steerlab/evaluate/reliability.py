@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -56,17 +57,14 @@ def matching_is_a(pair: ContrastivePair) -> bool:
 def matching_is_yes(pair: ContrastivePair) -> bool | None:
     if "matching_is_yes" in pair.meta:
         return bool(pair.meta["matching_is_yes"])
-    pos, neg = pair.positive.strip().lower(), pair.negative.strip().lower()
+    pos = pair.positive.strip().lower()
     if pos in ("yes", "no"):
         return pos == "yes"
-    import re
-
     letter = re.search(r"\(([A-Z])\)", pair.positive)
     if letter:  # an A/B item whose matching option text is Yes/No
         m = re.search(rf"\({letter.group(1)}\):? *(Yes|No)\b", pair.prompt)
         if m:
             return m.group(1) == "Yes"
-    del neg
     return None
 
 
