@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .safefile import atomic_save
 from .intervene import Intervention, Rows, Window, add
 
 FORMAT = "steerlab.steering_vector"
@@ -136,20 +136,8 @@ class SteeringVector:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a ``.safetensors`` file atomically (a crash never leaves a half-written file)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"layer.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in self.layers.items()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"steerlab": json.dumps(self.header())})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        tensors = {f"layer.{k}": v.detach().to("cpu", torch.float32) for k, v in self.layers.items()}
+        return atomic_save(tensors, path, {"steerlab": json.dumps(self.header())})
 
     @classmethod
     def load(cls, path: str | os.PathLike, model=None, *, allow_other_model: bool = False) -> SteeringVector:

@@ -1,0 +1,180 @@
+"""The concept dictionary (SCIENCE.md section 3, step 1): one unit-norm atom per concept per layer.
+
+An atom is the mean activation at the concept's own tokens over its stimulus sentences, centred by
+the mean over all concepts, then scaled to unit norm. Files are safetensors (``atoms.L`` [K, d] and
+``centre.L`` [d]) with the concept names and the recipe in the header; they load memory-mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..capture import capture
+from ..safefile import atomic_save, mmap_tensors, read_header
+from ..tokens import tokenize_with_offsets
+from .concepts import TEMPLATES, stimuli
+
+FORMAT = "steerlab.concept_dictionary"
+
+
+class DictionaryFileError(ValueError):
+    """A dictionary file is missing, damaged or made for another model."""
+
+
+@dataclass
+class ConceptDictionary:
+    concepts: list[str]
+    atoms: dict[int, torch.Tensor]  # layer -> [K, d], unit-norm rows
+    model_name: str
+    hidden_size: int
+    centres: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(set(self.concepts)) != len(self.concepts):
+            raise ValueError("Concept names must be unique.")
+        for layer, a in self.atoms.items():
+            if a.shape != (len(self.concepts), self.hidden_size):
+                raise ValueError(f"atoms[{layer}] has shape {tuple(a.shape)}; expected "
+                                 f"{(len(self.concepts), self.hidden_size)}.")
+        self._index = {c: i for i, c in enumerate(self.concepts)}
+
+    def __len__(self) -> int:
+        return len(self.concepts)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.atoms)
+
+    def index(self, concept: str) -> int:
+        if concept not in self._index:
+            raise KeyError(f"{concept!r} is not in this dictionary of {len(self)} concepts.")
+        return self._index[concept]
+
+    def matrix(self, layer: int) -> torch.Tensor:
+        """``D`` as SCIENCE.md writes it: ``[d, K]``, one unit-norm column per concept."""
+        if layer not in self.atoms:
+            raise KeyError(f"The dictionary has layers {self.layers}, not {layer}.")
+        return self.atoms[layer].T
+
+    def neighbours(self, concept: str, k: int = 10, layer: int | None = None) -> list[tuple[str, float]]:
+        """The ``k`` concepts whose atoms have the highest cosine with ``concept``'s."""
+        a = self.atoms[layer if layer is not None else self.layers[0]]
+        sims = a @ a[self.index(concept)]
+        sims[self.index(concept)] = -2.0
+        top = sims.topk(min(k, len(self) - 1))
+        return [(self.concepts[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the dictionary's content (used to cache partitions per dictionary and task)."""
+        h = hashlib.sha256(json.dumps([self.model_name, self.layers, self.meta.get("build_id")]).encode())
+        h.update("\n".join(self.concepts).encode())
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        tensors = {f"atoms.{k}": v.float() for k, v in self.atoms.items()}
+        tensors.update({f"centre.{k}": v.float() for k, v in self.centres.items()})
+        header = {"format": FORMAT, "model_name": self.model_name, "hidden_size": self.hidden_size,
+                  "layers": self.layers, "concepts": self.concepts, "meta": self.meta,
+                  "library_version": __version__}
+        return atomic_save(tensors, path, {"steerlab": json.dumps(header)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model=None) -> ConceptDictionary:
+        """Open a dictionary file memory-mapped; with ``model=`` check it was built on that model."""
+        path = Path(path)
+        if not path.exists():
+            raise DictionaryFileError(f"No dictionary file at {path}; build one with `steerlab pace build`.")
+        try:
+            raw, _ = read_header(path)
+            header = json.loads(raw["__metadata__"]["steerlab"])
+            if header.get("format") != FORMAT:
+                raise ValueError("not a steerlab concept dictionary")
+            tensors = mmap_tensors(path)
+            atoms = {int(k): tensors[f"atoms.{k}"] for k in header["layers"]}
+            centres = {int(k): tensors[f"centre.{k}"] for k in header["layers"] if f"centre.{k}" in tensors}
+            out = cls(list(header["concepts"]), atoms, header["model_name"], int(header["hidden_size"]),
+                      centres, header.get("meta", {}))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DictionaryFileError(f"{path} is not a readable concept dictionary ({err}). Rebuild it with "
+                                      "`steerlab pace build`.") from err
+        if model is not None and model.hidden_size != out.hidden_size:
+            raise DictionaryFileError(f"{path} was built on {out.model_name!r} (hidden size {out.hidden_size}); "
+                                      f"{model.name!r} has hidden size {model.hidden_size}.")
+        return out
+
+
+def _stimulus_rows(lm, concepts: Sequence[str], templates: Sequence[str]):
+    """Token ids and concept-token masks for every (concept, template) sentence."""
+    ids_rows, masks, owner = [], [], []
+    for k, concept in enumerate(concepts):
+        for text, start, end in stimuli(concept, templates):
+            ids, offsets = tokenize_with_offsets(lm.tokenizer, text)
+            if offsets is None:
+                raise ValueError("Building a dictionary needs a fast tokenizer (with character offsets).")
+            mask = [e > start and s < end and e > s for s, e in offsets]
+            if not any(mask):
+                raise ValueError(f"Concept {concept!r} has no tokens of its own in {text!r}.")
+            ids_rows.append(ids)
+            masks.append(mask)
+            owner.append(k)
+    return ids_rows, masks, owner
+
+
+@torch.no_grad()
+def concept_means(lm, concepts: Sequence[str], layers: Sequence[int], *, templates: Sequence[str] = TEMPLATES,
+                  batch_size: int = 128) -> dict[int, torch.Tensor]:
+    """Mean activation (block outputs) at each concept's tokens over its stimuli: ``{layer: [K, d]}``.
+    Each sentence counts equally, however many tokens the concept takes in it."""
+    ids_rows, masks, owner = _stimulus_rows(lm, concepts, templates)
+    acts = capture(lm, ids_rows, list(layers), positions=masks, batch_size=batch_size, progress=False)
+    counts = torch.tensor([sum(m) for m in masks])
+    sent = torch.repeat_interleave(torch.arange(len(masks)), counts)
+    owner_t = torch.tensor(owner)
+    per_concept = torch.bincount(owner_t, minlength=len(concepts)).float()[:, None]
+    out = {}
+    for layer, a in acts.items():
+        sums = torch.zeros(len(masks), a.shape[1]).index_add_(0, sent, a.float())
+        sentence_means = sums / counts[:, None]
+        out[layer] = torch.zeros(len(concepts), a.shape[1]).index_add_(0, owner_t, sentence_means) / per_concept
+    return out
+
+
+def build_dictionary(lm, concepts: Sequence[str], layers: Sequence[int] | int, *,
+                     templates: Sequence[str] = TEMPLATES, batch_size: int = 128, shard: int = 512,
+                     progress: bool | None = None) -> ConceptDictionary:
+    """Build atoms for ``concepts`` at ``layers`` of ``lm`` (see the module docstring for the recipe)."""
+    layers = sorted({lm.check_layer(x) for x in ([layers] if isinstance(layers, int) else layers)})
+    concepts = list(dict.fromkeys(c.strip() for c in concepts if c.strip()))
+    if len(concepts) < 2:
+        raise ValueError("A concept dictionary needs at least two distinct concepts.")
+    t0 = time.time()
+    means: dict[int, list[torch.Tensor]] = {x: [] for x in layers}
+    show = progress if progress is not None else len(concepts) > shard
+    for s in tqdm(range(0, len(concepts), shard), desc="concepts", disable=not show, unit="shard"):
+        part = concept_means(lm, concepts[s: s + shard], layers, templates=templates, batch_size=batch_size)
+        for layer in layers:
+            means[layer].append(part[layer])
+    atoms, centres = {}, {}
+    for layer in layers:
+        m = torch.cat(means[layer])
+        centres[layer] = m.mean(0)
+        a = m - centres[layer]
+        atoms[layer] = a / a.norm(dim=1, keepdim=True).clamp(min=1e-8)
+    meta = {"templates": list(templates), "recipe": "mean at concept tokens, centred, unit norm",
+            "site": "output", "build_seconds": round(time.time() - t0, 1),
+            "build_id": hashlib.sha256(f"{time.time_ns()}".encode()).hexdigest()[:12]}
+    return ConceptDictionary(concepts, atoms, lm.name, lm.hidden_size, centres, meta)

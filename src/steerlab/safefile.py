@@ -1,0 +1,66 @@
+"""Writing and memory-mapping safetensors files: written atomically (a crash or a bad input never
+leaves a half-written file or destroys the previous one), read without copying."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+              "U8": np.uint8, "BOOL": np.bool_}
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Save ``tensors`` to ``path`` through a temporary file in the same folder and a rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """The safetensors JSON header and the byte offset where tensor data starts."""
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise ValueError("file is shorter than a safetensors header")
+        (size,) = struct.unpack("<Q", raw)
+        if size > 100_000_000:
+            raise ValueError(f"header length {size} is implausible")
+        header = json.loads(fh.read(size))
+    return header, 8 + size
+
+
+def mmap_tensors(path: str | os.PathLike, names=None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, memory-mapped (pages are read on first use; copy-on-write)."""
+    header, start = read_header(path)
+    size = os.path.getsize(path)
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__" or (names is not None and name not in names):
+            continue
+        begin, end = entry["data_offsets"]
+        dtype = _NP_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise ValueError(f"tensor {name!r} has dtype {entry['dtype']}, which steerlab does not memory-map")
+        if start + end > size:
+            raise ValueError(f"tensor {name!r} runs past the end of the file (truncated?)")
+        count = int(np.prod(entry["shape"])) if entry["shape"] else 1
+        arr = np.memmap(path, dtype=dtype, mode="c", offset=start + begin, shape=(count,))
+        out[name] = torch.from_numpy(arr).reshape(entry["shape"])
+    return out
