@@ -1,4 +1,4 @@
-"""The ``steerlab`` command line: extract, generate, export, info, demo."""
+"""The ``steerlab`` command line: extract, generate, export, info, sweep, reliability, pace, demo."""
 
 from __future__ import annotations
 
@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="steerlab-out/reliability")
     p.set_defaults(func=cmd_reliability)
 
+    from .pace.cli import add_parser as add_pace_parser
+
+    add_pace_parser(sub, _add_model_args, _parse_layers)
+
     p = sub.add_parser("demo", help="the main job: ActAdd and CAA on the embedded model, with a report")
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="steerlab-out/demo", help="report folder (default steerlab-out/demo)")
@@ -274,11 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .datasets import DatasetError
     from .sources import ModelNotFoundError
+    from .pace.dictionary import DictionaryFileError
     from .vector import VectorFileError
 
     try:
         return args.func(args)
-    except (DatasetError, ModelNotFoundError, VectorFileError, ValueError) as err:
+    except (DatasetError, ModelNotFoundError, VectorFileError, DictionaryFileError, ValueError,
+            FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

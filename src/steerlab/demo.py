@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from statistics import mean, stdev
 
+from .evaluate.text_scores import vader_scores
+
 NEUTRAL_PROMPTS = [
     "I went up to my friend and said",
     "Tell me about your weekend.",
@@ -23,13 +25,6 @@ CAA_LAYER = 8
 CAA_MULTIPLIERS = (-4.0, -2.0, 0.0, 2.0, 4.0)
 ACTADD = dict(positive="Love", negative="Hate", layer=10, coeff=5.0)
 SAMPLING = dict(do_sample=True, temperature=1.0, top_p=0.3, frequency_penalty=1.0, max_new_tokens=40)
-
-
-def vader_scores(texts: list[str]) -> list[float]:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-    return [analyzer.polarity_scores(t)["compound"] for t in texts]
 
 
 def _summary(xs: list[float]) -> tuple[float, float]:

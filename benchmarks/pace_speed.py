@@ -1,0 +1,115 @@
+"""PaCE speed (issue 4): the batched elastic-net solver against scikit-learn per token, and PaCE
+generation time per token against unsteered generation, side by side in one run.
+
+Solver: N real token activations (block ``--layer`` of the embedded model, on the PaCE prompt sets)
+scaled to unit norm, coded against the whole dictionary. steerlab solves all N at once
+(``sparse_code``); scikit-learn's ``ElasticNet`` (coordinate descent, same objective: its alpha is
+divided by d because it averages the squared error over the d "samples") is fitted once per token on
+the first ``--sk-tokens`` of them. Reports tokens/s for both, the ratio, and the largest relative
+objective gap on the tokens both solved.
+
+Run: .venv/bin/python benchmarks/pace_speed.py --dictionary DICT.safetensors [--layer 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import steerlab
+from steerlab.capture import capture
+from steerlab.pace import ConceptDictionary, EmbeddingPartitioner, ElasticNet, PaCE, objective, sparse_code
+from steerlab.pace.evaluation import PROMPTS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dictionary", required=True)
+    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--sk-tokens", type=int, default=24)
+    parser.add_argument("--gen-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pace-speed.json"))
+    args = parser.parse_args()
+    from sklearn.linear_model import ElasticNet as SkElasticNet
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    lm = steerlab.load_model()
+    d = ConceptDictionary.load(args.dictionary, lm)
+    D = d.matrix(args.layer).float().contiguous()
+    texts = PROMPTS["detox"] + PROMPTS["positive-sentiment"]
+    Z = capture(lm, texts, [args.layer], positions="all", chat=True, progress=False)[args.layer]
+    Z = Z[torch.randperm(Z.shape[0], generator=torch.Generator().manual_seed(0))[: args.tokens]]
+    Z = Z / Z.norm(dim=1, keepdim=True)
+    cfg = ElasticNet()
+
+    ours_t = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        C = sparse_code(D, Z, cfg)
+        ours_t.append(time.perf_counter() - t0)
+    ours_rate = Z.shape[0] / statistics.median(ours_t)
+
+    n_sk = min(args.sk_tokens, Z.shape[0])
+    Dn = D.double().numpy()
+    sk_coef = []
+    t0 = time.perf_counter()
+    for i in range(n_sk):
+        sk = SkElasticNet(alpha=cfg.alpha / D.shape[0], l1_ratio=cfg.tau, fit_intercept=False, max_iter=10000)
+        sk.fit(Dn, Z[i].double().numpy())
+        sk_coef.append(torch.from_numpy(sk.coef_))
+    sk_rate = n_sk / (time.perf_counter() - t0)
+    ours_obj = objective(D, Z[:n_sk], C[:n_sk], cfg)
+    sk_obj = objective(D, Z[:n_sk], torch.stack(sk_coef), cfg)
+    gap = float(((ours_obj - sk_obj) / sk_obj).max())
+    # Both against a near-exact float64 solution, to show each one's accuracy at its default tolerance.
+    exact = objective(D, Z[:n_sk], sparse_code(D.double(), Z[:n_sk].double(), ElasticNet(tol=1e-4)), cfg)
+    ours_err = float(((ours_obj - exact) / exact).max())
+    sk_err = float(((sk_obj - exact) / exact).max())
+
+    # Generation: greedy, batch 1 and 4, unsteered vs PaCE at the same layer (positive-sentiment labels).
+    part = EmbeddingPartitioner().partition(d, "positive-sentiment")
+    pace = PaCE(d, part, [args.layer])
+    prompts = PROMPTS["positive-sentiment"][:4]
+    lm.generate(prompts[:1], max_new_tokens=2)
+    gen = {}
+    for batch in (1, 4):
+        for name, steering in (("unsteered", None), ("pace", pace)):
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                out = lm.generate(prompts[:batch], steering=steering, max_new_tokens=args.gen_tokens,
+                                  batch_size=batch)
+                times.append(time.perf_counter() - t0)
+            n = sum(len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in out)
+            gen[f"{name} batch {batch}"] = 1000 * statistics.median(times) / max(n, 1)
+    report = {
+        "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "dictionary": {"concepts": len(d), "layer": args.layer, "hidden": d.hidden_size},
+        "solver": {"tokens": int(Z.shape[0]), "steerlab_tokens_per_s": ours_rate, "sklearn_tokens": n_sk,
+                   "sklearn_tokens_per_s": sk_rate, "speedup": ours_rate / sk_rate,
+                   "max_relative_objective_gap_vs_sklearn": gap, "steerlab_vs_exact": ours_err,
+                   "sklearn_vs_exact": sk_err, "tol": cfg.tol,
+                   "mean_nonzeros": float((C != 0).sum(1).float().mean())},
+        "generation_ms_per_token": gen,
+        "pace_vs_unsteered": {b: gen[f"pace batch {b}"] / gen[f"unsteered batch {b}"] for b in (1, 4)},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    s = report["solver"]
+    print(f"solver: steerlab {s['steerlab_tokens_per_s']:.1f} tok/s vs scikit-learn {s['sklearn_tokens_per_s']:.2f} "
+          f"tok/s -> {s['speedup']:.1f}x; objective gap {gap:+.2e} (vs exact: steerlab {ours_err:.1e}, "
+          f"scikit-learn {sk_err:.1e}); mean nonzeros {s['mean_nonzeros']:.1f}")
+    for k, v in gen.items():
+        print(f"generation {k}: {v:.1f} ms/token")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

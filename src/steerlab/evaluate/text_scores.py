@@ -1,0 +1,30 @@
+"""Offline scorers for generated text: VADER sentiment and a toxicity score."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+
+
+def vader_scores(texts: Sequence[str]) -> list[float]:
+    """VADER compound sentiment per text, in [-1, 1]."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return [analyzer.polarity_scores(t)["compound"] for t in texts]
+
+
+def profanity_scores(texts: Sequence[str]) -> list[float]:
+    """Probability of offensive language per text from ``alt-profanity-check`` (a linear model that
+    ships its weights; offline)."""
+    try:
+        from profanity_check import predict_prob
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError("Toxicity scoring needs alt-profanity-check: pip install 'steerlab[pace]'.") from err
+    return [float(p) for p in predict_prob(list(texts))] if texts else []
+
+
+def lexicon_rate(texts: Sequence[str], lexicon: Collection[str]) -> list[float]:
+    """Share of each text's words that are in ``lexicon`` (lower-cased)."""
+    words_of = [re.findall(r"[a-z']+", t.lower()) for t in texts]
+    return [sum(w in lexicon for w in ws) / len(ws) if ws else 0.0 for ws in words_of]

@@ -1,0 +1,111 @@
+"""``steerlab pace build | label | eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _partition(args, dictionary):
+    from .partition import EmbeddingPartitioner, Partition, SeedPartitioner
+
+    if getattr(args, "labels", None):
+        return Partition.load(args.labels, dictionary, args.task)
+    if getattr(args, "seeds", None):
+        return SeedPartitioner(args.seeds.split(","), expand=args.expand).partition(dictionary, args.task)
+    return EmbeddingPartitioner(threshold=args.threshold, margin=args.margin).partition(dictionary, args.task)
+
+
+def cmd_build(args) -> int:
+    from ..cli import _load
+    from .concepts import concept_words
+    from .dictionary import build_dictionary
+
+    lm = _load(args)
+    if args.concept_file:
+        concepts = [x.strip() for x in Path(args.concept_file).read_text(encoding="utf-8").splitlines() if x.strip()]
+    else:
+        concepts = concept_words(args.concepts)
+    layers = args.layers or [lm.num_layers // 2]
+    d = build_dictionary(lm, concepts, layers, batch_size=args.batch_size, progress=True)
+    path = d.save(args.out)
+    print(f"{len(d)} concepts x layers {d.layers} in {d.meta['build_seconds']} s; wrote {path}")
+    for word in args.show:
+        if word in d._index:
+            print(f"  nearest to {word!r}: {', '.join(n for n, _ in d.neighbours(word, 8))}")
+    return 0
+
+
+def cmd_label(args) -> int:
+    from .dictionary import ConceptDictionary
+
+    d = ConceptDictionary.load(args.dictionary)
+    part = _partition(args, d)
+    path = part.save(args.out) if args.out else None
+    bad = part.undesirable_concepts
+    print(f"{part}\n  e.g. {', '.join(bad[:30])}" + (f"\nwrote {path} (edit the label column, then pass "
+                                                      f"--labels {path})" if path else ""))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ..cli import _load
+    from .dictionary import ConceptDictionary
+    from .evaluation import evaluate_removal
+
+    lm = _load(args)
+    d = ConceptDictionary.load(args.dictionary, lm)
+    part = _partition(args, d)
+    prompts = None
+    if args.prompts:
+        prompts = [x.strip() for x in Path(args.prompts).read_text(encoding="utf-8").splitlines() if x.strip()]
+    elif args.limit:
+        from .evaluation import PROMPTS
+
+        prompts = PROMPTS[args.task][: args.limit]
+    result = evaluate_removal(lm, d, part, args.layers or d.layers, task=args.task, prompts=prompts,
+                              max_new_tokens=args.max_new_tokens)
+    print(result.table())
+    print(f"wrote {result.save(args.out)}")
+    return 0
+
+
+def add_parser(sub, add_model_args, parse_layers) -> None:
+    pace = sub.add_parser("pace", help="PaCE: concept dictionary, partition, removal and its evaluation")
+    psub = pace.add_subparsers(dest="pace_command", required=True)
+
+    p = psub.add_parser("build", help="build a concept dictionary (safetensors) from wordfreq words or a file")
+    add_model_args(p)
+    p.add_argument("--concepts", type=int, default=10000, help="number of frequent English words (default 10000)")
+    p.add_argument("--concept-file", default=None, help="one concept per line, instead of wordfreq words")
+    p.add_argument("--layers", type=parse_layers, default=None, help="blocks to read (default: the middle one)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--show", type=lambda t: t.split(","), default=["love", "war", "money", "dog"],
+                   help="print nearest neighbours of these concepts")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.set_defaults(func=cmd_build)
+
+    def partition_args(p):
+        p.add_argument("--task", default="detox", help="detox | positive-sentiment (built-in anchors)")
+        p.add_argument("--threshold", type=float, default=0.5, help="embedding partitioner: min similarity")
+        p.add_argument("--margin", type=float, default=0.05, help="embedding partitioner: lead over benign")
+        p.add_argument("--seeds", default=None, help="comma-separated undesirable concepts instead")
+        p.add_argument("--expand", type=float, default=None, help="with --seeds: also concepts this similar")
+        p.add_argument("--labels", default=None, help="a labels TSV (from `pace label --out`) instead")
+
+    p = psub.add_parser("label", help="label the dictionary's concepts benign/undesirable for a task")
+    p.add_argument("--dictionary", required=True)
+    partition_args(p)
+    p.add_argument("--out", default=None, help="write the labels as an editable TSV")
+    p.set_defaults(func=cmd_label)
+
+    p = psub.add_parser("eval", help="unsteered vs PaCE vs orthogonal projection vs vector subtraction")
+    add_model_args(p)
+    p.add_argument("--dictionary", required=True)
+    partition_args(p)
+    p.add_argument("--layers", type=parse_layers, default=None, help="default: every layer of the dictionary")
+    p.add_argument("--prompts", default=None, help="one prompt per line (default: the built-in set for --task)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N built-in prompts")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--out", default="steerlab-out/pace", help="folder for .md, .json and .png")
+    p.set_defaults(func=cmd_eval)
+
