@@ -99,11 +99,18 @@ class PaceEval:
             ax.bar(names, values, color=["grey", "tab:blue", "tab:orange", "tab:green"][: len(names)])
             ax.set_title(title)
             ax.tick_params(axis="x", rotation=20)
+        axes[1].set_yscale("log")
         fig.suptitle(f"PaCE on {self.model}: task {self.task}, {self.undesirable}/{self.concepts} concepts "
                      f"undesirable, layers {self.layers}")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> PaceEval:
+        raw = json.loads(Path(path).read_text())
+        raw["results"] = [MethodResult(**r) for r in raw["results"]]
+        return cls(**raw)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

@@ -123,7 +123,7 @@ def sparse_code(
     cfg: ElasticNet = ElasticNet(),
     *,
     init: torch.Tensor | None = None,
-    chunk: int = 1024,
+    chunk: int = 256,
 ) -> torch.Tensor:
     """Elastic-net coefficients ``[B, K]`` for the rows of ``Z`` (``[B, d]``) against ``D`` (``[d, K]``).
 
