@@ -174,6 +174,40 @@ def cmd_reliability(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import ipaddress
+    import os
+
+    try:
+        import uvicorn
+
+        from .serve import Limits, create_app, load_vectors
+    except ImportError as err:
+        raise ValueError(f"steerlab serve needs the serve extra: pip install 'steerlab[serve]' ({err}).") from None
+    api_key = args.api_key or os.environ.get("STEERLAB_API_KEY")
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not api_key:
+        raise ValueError(f"Binding to {args.host} exposes the server beyond this machine: set --api-key or "
+                         "STEERLAB_API_KEY (or bind to 127.0.0.1).")
+    lm = _load(args)
+    vectors = load_vectors(args.vectors, lm) if args.vectors else {}
+    dictionary = None
+    if args.dictionary:
+        from .pace import ConceptDictionary
+
+        dictionary = ConceptDictionary.load(args.dictionary, lm)
+    limits = Limits(max_tokens=args.max_tokens, max_multiplier=args.max_multiplier)
+    app = create_app(lm, vectors, dictionary=dictionary, api_key=api_key, limits=limits, max_queue=args.max_queue,
+                     max_batch=args.max_batch)
+    print(f"serving {lm.name} with vectors {sorted(vectors) or 'none'} on http://{args.host}:{args.port} "
+          f"(playground at /, OpenAI API at /v1)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -261,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--out", default="steerlab-out/reliability")
     p.set_defaults(func=cmd_reliability)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with per-request steering, and a playground")
+    _add_model_args(p)
+    p.add_argument("--vectors", default=None, help="folder of .safetensors/.gguf vectors, served by file name")
+    p.add_argument("--dictionary", default=None, help="a PaCE concept dictionary, for 'pace' steering")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set STEERLAB_API_KEY)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get HTTP 429")
+    p.add_argument("--max-batch", type=int, default=8, help="requests generated together in one batch")
+    p.add_argument("--max-tokens", type=int, default=512, help="per-request limit on new tokens")
+    p.add_argument("--max-multiplier", type=float, default=50.0, help="per-request limit on |multiplier|")
+    p.set_defaults(func=cmd_serve)
 
     from .pace.cli import add_parser as add_pace_parser
 

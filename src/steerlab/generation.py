@@ -67,6 +67,29 @@ def resolve_steering(steering, batch) -> list[Intervention]:
 
 
 @torch.no_grad()
+def generate_ids(lm, batch, interventions: Sequence[Intervention], *, max_new_tokens: int, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, frequency_penalty: float = 0.0,
+                 streamer=None) -> torch.Tensor:
+    """New token ids ``[B, new]`` for one prepared batch under ``interventions`` (already resolved for
+    this batch). ``streamer``: a transformers streamer, given the new tokens of every row each step."""
+    width = batch.input_ids.shape[1]
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=lm.tokenizer.pad_token_id)
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if frequency_penalty:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList([FrequencyPenalty(frequency_penalty, width)])
+    if streamer is not None:
+        kwargs["streamer"] = streamer
+    with steer(lm, interventions, batch=batch):
+        out = lm.model.generate(**batch.model_inputs(), **kwargs)
+    return out[:, width:]
+
+
+@torch.no_grad()
 def generate(
     lm,
     prompts: str | Sequence[str],
@@ -99,17 +122,7 @@ def generate(
         batch = lm.prepare(prompts[sl], chat=chat, system=system, padding_side="left")
         batch = transform_batch(lm, batch, steering)
         ivs = [_slice_intervention(iv, sl, len(prompts)) for iv in resolve_steering(steering, batch)]
-        width = batch.input_ids.shape[1]
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=lm.tokenizer.pad_token_id)
-        if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if frequency_penalty:
-            from transformers import LogitsProcessorList
-
-            kwargs["logits_processor"] = LogitsProcessorList([FrequencyPenalty(frequency_penalty, width)])
-        with steer(lm, ivs, batch=batch):
-            out = lm.model.generate(**batch.model_inputs(), **kwargs)
-        outputs.extend(lm.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
+        out = generate_ids(lm, batch, ivs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                           temperature=temperature, top_p=top_p, frequency_penalty=frequency_penalty)
+        outputs.extend(lm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out)
     return outputs

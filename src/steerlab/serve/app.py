@@ -1,0 +1,249 @@
+"""The FastAPI app: OpenAI-compatible completions with per-request steering, vector listing, health,
+and the playground page."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from ..tokens import Rendered
+from .engine import Engine, Job, QueueFull
+from .protocol import APIError, ChatRequest, CompletionRequest, Steering
+
+
+@dataclass
+class Limits:
+    max_tokens: int = 512  # per request
+    default_tokens: int = 128
+    max_multiplier: float = 50.0  # |multiplier|, |ActAdd coeff|, |PaCE strength|
+    max_prompt_chars: int = 32_000
+    max_body_bytes: int = 1_000_000
+
+
+def render_messages(lm, messages) -> Rendered:
+    """Chat messages -> prompt text with the assistant header; the last user message is the user span."""
+    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]
+    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+    if not users:
+        raise APIError(400, "messages must contain at least one user message.", param="messages")
+    if len(msgs) <= 2 and msgs[-1]["role"] == "user" and (len(msgs) == 1 or msgs[0]["role"] == "system"):
+        return lm.render(msgs[-1]["content"], system=msgs[0]["content"] if len(msgs) == 2 else None)
+    if not lm.has_chat_template:
+        raise APIError(400, f"{lm.name} has no chat template; send one user message (optionally after a system one) "
+                            "or use /v1/completions.", param="messages")
+    tok = lm.tokenizer
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    head = tok.apply_chat_template(msgs, tokenize=False)
+    last = msgs[users[-1]]["content"]
+    start = text.rfind(last, 0, len(head)) if last else len(head)
+    return Rendered(text, max(start, 0), max(start, 0) + len(last), len(head) if text.startswith(head) else len(text))
+
+
+def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str | None = None,
+               limits: Limits | None = None, max_queue: int = 64, max_batch: int = 8,
+               batch_wait: float = 0.01) -> FastAPI:
+    """An app serving ``lm`` with the named ``vectors`` ({name: SteeringVector}) and optionally a PaCE
+    concept ``dictionary``. ``api_key``: clients must send ``Authorization: Bearer <key>``."""
+    vectors = dict(vectors or {})
+    limits = limits or Limits()
+    engine = Engine(lm, vectors, dictionary=dictionary, max_queue=max_queue, max_batch=max_batch,
+                    batch_wait=batch_wait)
+    app = FastAPI(title="steerlab", version="1")
+    app.state.engine = engine
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            msg = "The request body is not valid JSON."
+        return JSONResponse(APIError(400, f"{msg}" + (f" (at {where})" if where else ""), param=where or None).body(),
+                            status_code=400)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > limits.max_body_bytes:
+            return JSONResponse(APIError(413, f"The request body is over {limits.max_body_bytes} bytes.").body(),
+                                status_code=413)
+        if api_key and request.url.path.startswith("/v1/"):
+            auth = request.headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                return JSONResponse(APIError(401, "Missing or wrong API key (send 'Authorization: Bearer <key>').",
+                                             type="authentication_error", code="invalid_api_key").body(),
+                                    status_code=401)
+        return await call_next(request)
+
+    def check_steering(steering: Steering | None) -> None:
+        if steering is None:
+            return
+        for v in steering.vectors:
+            if v.name not in vectors:
+                raise APIError(404, f"Unknown vector {v.name!r}; GET /v1/vectors lists them: {sorted(vectors)}.",
+                               param="steering.vectors", code="vector_not_found")
+            if abs(v.multiplier) > limits.max_multiplier:
+                raise APIError(400, f"multiplier {v.multiplier} is outside +-{limits.max_multiplier}.",
+                               param="steering.vectors.multiplier")
+        if steering.actadd is not None:
+            a = steering.actadd
+            if not 0 <= a.layer < lm.num_layers:
+                raise APIError(400, f"actadd.layer {a.layer} is outside 0..{lm.num_layers - 1}.",
+                               param="steering.actadd.layer")
+            if abs(a.coeff) > limits.max_multiplier:
+                raise APIError(400, f"actadd.coeff {a.coeff} is outside +-{limits.max_multiplier}.",
+                               param="steering.actadd.coeff")
+        if steering.pace is not None:
+            p = steering.pace
+            if dictionary is None:
+                raise APIError(400, "This server has no concept dictionary; start it with --dictionary for PaCE.",
+                               param="steering.pace")
+            from ..pace.partition import TASKS
+
+            if p.task not in TASKS:
+                raise APIError(400, f"Unknown PaCE task {p.task!r}; tasks: {sorted(TASKS)}.",
+                               param="steering.pace.task")
+            bad = [x for x in (p.layers or []) if x not in dictionary.layers]
+            if bad:
+                raise APIError(400, f"The dictionary has layers {dictionary.layers}, not {bad}.",
+                               param="steering.pace.layers")
+            if abs(p.strength) > limits.max_multiplier:
+                raise APIError(400, f"pace.strength {p.strength} is too large.", param="steering.pace.strength")
+
+    def make_job(req, rendered: Rendered, max_tokens: int | None, emit) -> Job:
+        if req.n != 1:
+            raise APIError(400, "Only n=1 is supported.", param="n")
+        n_tokens = min(limits.default_tokens, limits.max_tokens) if max_tokens is None else max_tokens
+        if not 1 <= n_tokens <= limits.max_tokens:
+            raise APIError(400, f"max_tokens must be between 1 and {limits.max_tokens}.", param="max_tokens")
+        if not 0 <= req.temperature <= 2 or not 0 < req.top_p <= 1 or abs(req.frequency_penalty) > 2:
+            raise APIError(400, "temperature must be in [0, 2], top_p in (0, 1], frequency_penalty in [-2, 2].")
+        if len(rendered.text) > limits.max_prompt_chars:
+            raise APIError(400, f"The prompt is over {limits.max_prompt_chars} characters.", param="messages")
+        check_steering(req.steering)
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > 4:
+            raise APIError(400, "At most 4 stop sequences.", param="stop")
+        return Job(rendered, req.steering, n_tokens, req.temperature > 0, req.temperature or 1.0, req.top_p,
+                   req.frequency_penalty, req.seed, stop, emit, req.stream)
+
+    async def run(req, rendered: Rendered, max_tokens: int | None, chat: bool):
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job = make_job(req, rendered, max_tokens, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        try:
+            engine.submit(job)
+        except QueueFull as err:
+            raise APIError(429, f"{err}; retry shortly.", type="rate_limit_error", code="queue_full") from None
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        model = lm.name
+        if not req.stream:
+            while True:
+                ev = await events.get()
+                if "error" in ev:
+                    raise APIError(500, ev["error"], type="server_error")
+                if ev.get("done"):
+                    break
+            if chat:
+                choice = {"index": 0, "message": {"role": "assistant", "content": ev["text"]},
+                          "finish_reason": ev["finish_reason"]}
+                obj = "chat.completion"
+            else:
+                choice = {"index": 0, "text": ev["text"], "logprobs": None, "finish_reason": ev["finish_reason"]}
+                obj = "text_completion"
+            return JSONResponse({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice],
+                                 "usage": ev["usage"]})
+
+        def chunk(delta: dict | None = None, text: str | None = None, reason=None) -> str:
+            if chat:
+                body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": reason}]}
+            else:
+                body = {"id": rid, "object": "text_completion", "created": created, "model": model,
+                        "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}]}
+            return f"data: {json.dumps(body)}\n\n"
+
+        async def stream():
+            if chat:
+                yield chunk({"role": "assistant", "content": ""})
+            while True:
+                ev = await events.get()
+                if "error" in ev:
+                    yield f"data: {json.dumps(APIError(500, ev['error'], type='server_error').body())}\n\n"
+                    break
+                if "delta" in ev:
+                    yield chunk({"content": ev["delta"]}, ev["delta"])
+                if ev.get("done"):
+                    yield chunk({}, "", ev["finish_reason"])
+                    break
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        rendered = render_messages(lm, req.messages)
+        return await run(req, rendered, req.max_completion_tokens or req.max_tokens, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest):
+        prompt = req.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise APIError(400, "Send one prompt per request.", param="prompt")
+            prompt = prompt[0]
+        if not prompt:
+            raise APIError(400, "prompt is empty.", param="prompt")
+        return await run(req, lm.render(prompt, chat=False), req.max_tokens, chat=False)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": lm.name, "object": "model", "created": 0, "owned_by": "steerlab"}]}
+
+    @app.get("/v1/vectors")
+    async def list_vectors():
+        data = [{"id": name, "object": "steering_vector", "method": v.method, "layers": sorted(v.layers),
+                 "apply": v.apply, "norms": {str(k): round(n, 4) for k, n in v.norms().items()
+                                             if math.isfinite(n)}} for name, v in sorted(vectors.items())]
+        return {"object": "list", "data": data, "pace": {"layers": dictionary.layers, "concepts": len(dictionary)}
+                if dictionary is not None else None, "num_layers": lm.num_layers}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": lm.name, "queued": engine.queued, "batches": engine.stats["batches"],
+                "requests": engine.stats["requests"], "max_batch_seen": engine.stats["max_batch_seen"]}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        return resources.files("steerlab.serve").joinpath("playground.html").read_text(encoding="utf-8")
+
+    return app
+
+
+def load_vectors(folder, lm) -> dict:
+    """Every ``.safetensors`` / ``.gguf`` vector in ``folder``, by file stem, checked against ``lm``."""
+    from pathlib import Path
+
+    from ..vector import SteeringVector
+
+    out = {}
+    for path in sorted(Path(folder).glob("*")):
+        if path.suffix in (".safetensors", ".gguf"):
+            out[path.stem] = SteeringVector.load(path, lm)
+    return out

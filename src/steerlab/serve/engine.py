@@ -1,0 +1,229 @@
+"""The serving engine: one worker thread owns the model and runs queued requests in batches.
+
+Requests whose steering is only named vectors (any mix of vectors and multipliers) share a batch:
+each vector becomes one ``add`` intervention per layer whose per-row strength is that row's
+multiplier (0 for rows that did not ask for it), so every row gets exactly its own steering in one
+forward pass. Requests with an ActAdd pair, PaCE removal or a seed are batched only with requests that
+carry the identical setting. The queue is bounded; :meth:`Engine.submit` raises :class:`QueueFull`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..generation import generate_ids, resolve_steering, transform_batch
+from ..tokens import Rendered
+from .protocol import Steering
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    rendered: Rendered
+    steering: Steering | None
+    max_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    frequency_penalty: float
+    seed: int | None
+    stop: list[str]
+    emit: Callable[[dict], None]  # called from the worker thread with events (thread-safe sink)
+    stream: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def group_key(self) -> str:
+        special = None
+        if self.steering is not None and (self.steering.actadd or self.steering.pace):
+            special = [self.steering.actadd.model_dump() if self.steering.actadd else None,
+                       self.steering.pace.model_dump() if self.steering.pace else None]
+        return json.dumps([self.do_sample, self.temperature, self.top_p, self.frequency_penalty, self.seed, special])
+
+
+class _RowStreamer:
+    """A transformers streamer for a whole batch: hands each row's new text to its job."""
+
+    def __init__(self, engine: Engine, jobs: list[Job]) -> None:
+        self.engine, self.jobs = engine, jobs
+        self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.sent = [0] * len(jobs)
+        self.done = [False] * len(jobs)
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # the first call carries the prompts
+            self._prompt_seen = True
+            return
+        for i, tok in enumerate(value.reshape(len(self.jobs), -1)[:, -1].tolist()):
+            if self.done[i]:
+                continue
+            job = self.jobs[i]
+            if tok in self.engine.eos_ids:
+                self.done[i] = True
+                continue
+            self.tokens[i].append(tok)
+            text, finished = self.engine.finish_text(self.tokens[i], job)
+            if finished or len(self.tokens[i]) >= job.max_tokens:
+                self.done[i] = True
+            safe = len(text) if self.done[i] else _safe_prefix(text, job.stop)
+            if job.stream and safe > self.sent[i]:
+                job.emit({"delta": text[self.sent[i]: safe]})
+                self.sent[i] = safe
+
+    def end(self) -> None:
+        pass
+
+
+def _safe_prefix(text: str, stops: list[str]) -> int:
+    """How much of ``text`` can be sent: not a trailing partial character, nor what might begin a stop string."""
+    n = len(text)
+    while n and text[n - 1] == "\ufffd":
+        n -= 1
+    for stop in stops:
+        for k in range(min(len(stop) - 1, n), 0, -1):
+            if text[:n].endswith(stop[:k]):
+                n -= k
+                break
+    return n
+
+
+class Engine:
+    def __init__(self, lm, vectors: dict, *, dictionary=None, max_queue: int = 64, max_batch: int = 8,
+                 batch_wait: float = 0.01) -> None:
+        self.lm, self.vectors, self.dictionary = lm, vectors, dictionary
+        self.max_batch, self.batch_wait = max_batch, batch_wait
+        self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self._held: deque[Job] = deque()
+        eos = lm.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        self.eos_ids = set(eos) | ({lm.tokenizer.eos_token_id} if lm.tokenizer.eos_token_id is not None else set())
+        self._partitions: dict = {}
+        self._actadd: dict = {}
+        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0}
+        self._thread = threading.Thread(target=self._run, name="steerlab-engine", daemon=True)
+        self._stop = threading.Event()
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public
+    def submit(self, job: Job) -> None:
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(f"the server is busy: {self.queue.maxsize} requests are queued") from None
+
+    @property
+    def queued(self) -> int:
+        return self.queue.qsize() + len(self._held)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def finish_text(self, tokens: list[int], job: Job) -> tuple[str, bool]:
+        """Decoded text cut at the first stop string; and whether a stop string was found."""
+        text = self.lm.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = min((text.find(s) for s in job.stop if s and s in text), default=-1)
+        return (text[:cut], True) if cut >= 0 else (text, False)
+
+    # ------------------------------------------------------------------ worker
+    def _next_group(self) -> list[Job]:
+        first = self._held.popleft() if self._held else self.queue.get(timeout=0.2)
+        group, key = [first], first.group_key()
+        deadline = time.perf_counter() + self.batch_wait
+        skipped: list[Job] = []
+        for job in list(self._held):
+            if len(group) < self.max_batch and job.group_key() == key:
+                group.append(job)
+                self._held.remove(job)
+        while len(group) < self.max_batch:
+            try:
+                job = self.queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            (group if job.group_key() == key else skipped).append(job)
+        self._held.extend(skipped)
+        return group
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                group = self._next_group()
+            except queue.Empty:
+                continue
+            try:
+                self._generate(group)
+            except Exception as err:  # report to every waiting client; keep serving
+                for job in group:
+                    job.emit({"error": f"{type(err).__name__}: {err}"})
+
+    def _steering_items(self, jobs: list[Job]) -> list:
+        from ..methods.actadd import ActAddSteering, extract
+
+        items: list = []
+        names = sorted({v.name for j in jobs if j.steering for v in j.steering.vectors})
+        for name in names:
+            mults = [sum(v.multiplier for v in j.steering.vectors if v.name == name) if j.steering else 0.0
+                     for j in jobs]
+            items.extend(self.vectors[name].interventions(multiplier=mults))
+        first = jobs[0].steering
+        if first is not None and first.actadd is not None:
+            a = first.actadd
+            key = (a.positive, a.negative, a.layer, a.coeff)
+            if key not in self._actadd:
+                self._actadd[key] = extract(self.lm, a.positive, a.negative, a.layer, coeff=a.coeff, chat=True)
+            items.append(ActAddSteering(self._actadd[key], mode="pad"))
+        if first is not None and first.pace is not None:
+            from ..pace import PaCE
+
+            p = first.pace
+            if p.task not in self._partitions:
+                from ..pace import EmbeddingPartitioner
+
+                self._partitions[p.task] = EmbeddingPartitioner().partition(self.dictionary, p.task)
+            items.append(PaCE(self.dictionary, self._partitions[p.task], p.layers, strength=p.strength))
+        return items
+
+    @torch.no_grad()
+    def _generate(self, jobs: list[Job]) -> None:
+        lm = self.lm
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(jobs)
+        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs))
+        items = self._steering_items(jobs)
+        batch = lm.prepare([j.rendered for j in jobs], padding_side="left")
+        batch = transform_batch(lm, batch, items)
+        ivs = resolve_steering(items, batch)
+        first = jobs[0]
+        if first.seed is not None:
+            torch.manual_seed(first.seed)
+        streamer = _RowStreamer(self, jobs)
+        ids = generate_ids(lm, batch, ivs, max_new_tokens=max(j.max_tokens for j in jobs), do_sample=first.do_sample,
+                           temperature=first.temperature, top_p=first.top_p,
+                           frequency_penalty=first.frequency_penalty, streamer=streamer)
+        prompt_tokens = batch.lengths.tolist()
+        for i, job in enumerate(jobs):
+            row = ids[i].tolist()
+            tokens, reason = [], "length"
+            for tok in row[: job.max_tokens]:
+                if tok in self.eos_ids:
+                    reason = "stop"
+                    break
+                tokens.append(tok)
+            text, stopped = self.finish_text(tokens, job)
+            if stopped:
+                reason = "stop"
+            if job.stream and len(text) > streamer.sent[i]:
+                job.emit({"delta": text[streamer.sent[i]:]})
+            job.emit({"done": True, "text": text, "finish_reason": reason,
+                      "usage": {"prompt_tokens": int(prompt_tokens[i]), "completion_tokens": len(tokens),
+                                "total_tokens": int(prompt_tokens[i]) + len(tokens)}})

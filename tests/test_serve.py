@@ -1,0 +1,193 @@
+"""The OpenAI-compatible server on the embedded model, driven by the official openai client."""
+
+import concurrent.futures as cf
+import json
+
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from serving import LiveServer  # noqa: E402
+
+from steerlab import datasets  # noqa: E402
+from steerlab.methods import caa  # noqa: E402
+from steerlab.serve import Limits, create_app  # noqa: E402
+
+pytestmark = pytest.mark.slow
+PROMPTS = ["Tell me about your weekend.", "Describe the town where you live.", "What do you think about Mondays?"]
+
+
+@pytest.fixture(scope="module")
+def vectors(smol):
+    pairs = datasets.to_open_answers(datasets.builtin("sentiment"))[:24]
+    sentiment = caa.extract(smol, pairs, [8], progress=False)
+    refusal = caa.extract(smol, datasets.builtin("refusal")[:24], [10], progress=False)
+    return {"sentiment": sentiment, "refusal": refusal}
+
+
+@pytest.fixture(scope="module")
+def server(smol, vectors):
+    app = create_app(smol, vectors, limits=Limits(max_tokens=64, max_multiplier=20), max_batch=8, batch_wait=0.05)
+    with LiveServer(app) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+
+
+def chat(client, prompt, steering=None, **kw):
+    extra = {"steering": steering} if steering else None
+    r = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": prompt}],
+                                       temperature=0, max_tokens=kw.pop("max_tokens", 16), extra_body=extra, **kw)
+    return r
+
+
+def test_chat_completions_match_the_library(client, smol, vectors):
+    r = chat(client, PROMPTS[0])
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens <= 16
+    assert r.choices[0].message.content == smol.generate(PROMPTS[0], max_new_tokens=16)[0]
+    steered = chat(client, PROMPTS[0], {"vectors": [{"name": "sentiment", "multiplier": 8}]})
+    expected = smol.generate(PROMPTS[0], max_new_tokens=16, steering=vectors["sentiment"].interventions(8))[0]
+    assert steered.choices[0].message.content == expected != r.choices[0].message.content
+    models = client.models.list()
+    assert [m.id for m in models.data] == [smol.name]
+
+
+def test_streaming_equals_non_streaming(client):
+    steering = {"vectors": [{"name": "sentiment", "multiplier": -6}]}
+    whole = chat(client, PROMPTS[1], steering, max_tokens=24).choices[0].message.content
+    chunks = list(client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": PROMPTS[1]}], temperature=0, max_tokens=24, stream=True,
+        extra_body={"steering": steering}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert len(chunks) > 5 and text.strip() == whole
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_completions_endpoint_and_stop(client, smol):
+    r = client.completions.create(model="m", prompt="The capital of France is", max_tokens=12, temperature=0)
+    assert r.choices[0].text.strip() == smol.generate("The capital of France is", max_new_tokens=12, chat=False)[0]
+    cut = client.completions.create(model="m", prompt="The capital of France is", max_tokens=12, temperature=0,
+                                    stop=[" Paris"])
+    assert " Paris" not in cut.choices[0].text and cut.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model="m", prompt="The capital of France is", max_tokens=12, temperature=0,
+                                         stream=True)
+    assert "".join(c.choices[0].text for c in streamed).strip() == r.choices[0].text.strip()
+
+
+def test_actadd_pair_in_a_request(client, smol):
+    from steerlab.methods import actadd
+
+    steering = {"actadd": {"positive": "Love", "negative": "Hate", "layer": 6, "coeff": 5}}
+    got = chat(client, PROMPTS[2], steering).choices[0].message.content
+    vec = actadd.extract(smol, "Love", "Hate", 6, coeff=5, chat=True)
+    expected = smol.generate(PROMPTS[2], max_new_tokens=16, steering=actadd.ActAddSteering(vec, mode="pad"))[0]
+    assert got == expected
+
+
+def test_concurrent_requests_do_not_leak(server, client):
+    """Requests with different or no steering, sent together, are batched and each gets exactly
+    what it gets alone."""
+    cases = [(p, s) for p in PROMPTS[:2] for s in (
+        None, {"vectors": [{"name": "sentiment", "multiplier": 8}]},
+        {"vectors": [{"name": "sentiment", "multiplier": -8}]},
+        {"vectors": [{"name": "refusal", "multiplier": 6}, {"name": "sentiment", "multiplier": 4}]})]
+    alone = [chat(client, p, s).choices[0].message.content for p, s in cases]
+    assert len(set(alone)) > len(PROMPTS[:2])  # steering really changes outputs
+    before = httpx.get(server.url + "/health").json()["max_batch_seen"]
+    with cf.ThreadPoolExecutor(len(cases)) as pool:
+        together = list(pool.map(lambda c: chat(client, *c).choices[0].message.content, cases))
+    assert together == alone
+    assert httpx.get(server.url + "/health").json()["max_batch_seen"] >= max(2, before)
+
+
+@pytest.mark.parametrize("body,status,fragment", [
+    ('{"messages": [', 400, "not valid JSON"),
+    ('{"messages": []}', 400, "messages"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, "max_tokens"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": [{"name": "nope"}]}}', 404, "nope"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": [{"name": "sentiment", '
+     '"multiplier": NaN}]}}', 400, "finite"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": [{"name": "sentiment", '
+     '"multiplier": 1e9}]}}', 400, "multiplier"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"actadd": {"positive": "a", "negative": "b", '
+     '"layer": 99}}}', 400, "layer"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"pace": {"task": "detox"}}}', 400,
+     "dictionary"),
+    ('{"messages": [{"role": "wizard", "content": "hi"}]}', 400, "role"),
+])
+def test_bad_input_gets_an_openai_style_error(server, body, status, fragment):
+    r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert fragment.lower() in err["message"].lower() and err["type"]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"  # still serving
+
+
+def test_openai_client_sees_errors(client):
+    with pytest.raises(openai.NotFoundError, match="Unknown vector"):
+        chat(client, "hi", {"vectors": [{"name": "nope", "multiplier": 1}]})
+    with pytest.raises(openai.BadRequestError):
+        chat(client, "hi", max_tokens=10_000)
+
+
+def test_api_key_and_full_queue(smol, vectors):
+    app = create_app(smol, vectors, api_key="s3cret", max_queue=1, max_batch=1)
+    with LiveServer(app) as live:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=live.url + "/v1", api_key="wrong").models.list()
+        ok = openai.OpenAI(base_url=live.url + "/v1", api_key="s3cret")
+        assert ok.models.list().data[0].id == smol.name
+        body = {"messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 24, "temperature": 0}
+        auth = {"authorization": "Bearer s3cret"}
+        with cf.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: httpx.post(live.url + "/v1/chat/completions", json=body, headers=auth,
+                                                       timeout=120).status_code, range(8)))
+        assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+        assert httpx.post(live.url + "/v1/chat/completions", json=body, headers=auth, timeout=120).status_code == 200
+
+
+def test_vectors_listing_and_playground_page(server, vectors):
+    listing = httpx.get(server.url + "/v1/vectors").json()
+    assert {v["id"] for v in listing["data"]} == set(vectors)
+    assert listing["data"][0]["layers"] and listing["num_layers"] == 30
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and 'id="generate"' in page.text
+
+
+def test_playground_in_a_real_browser(server, artifacts_dir):
+    """Headless Chromium (Debian's package, no browser download) loads the page, moves a slider,
+    generates, and sees both outputs."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        slider = page.locator('input.mult[data-name="sentiment"]')
+        slider.wait_for()
+        slider.fill("8")
+        page.fill("#max-tokens", "16")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('done')", timeout=120_000)
+        plain, steered = page.inner_text("#out-plain"), page.inner_text("#out-steered")
+        page.screenshot(path=str(artifacts_dir / "playground.png"), full_page=True)
+        browser.close()
+    assert plain.strip() and steered.strip() and plain != steered
+    assert json.dumps(steered)  # plain text, no error marker
+    assert "error" not in steered.lower()
+
+
+def test_serve_cli_refuses_public_bind_without_key():
+    from steerlab.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
