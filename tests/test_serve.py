@@ -9,11 +9,10 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from serving import LiveServer  # noqa: E402
-
 from steerlab import datasets  # noqa: E402
 from steerlab.methods import caa  # noqa: E402
 from steerlab.serve import Limits, create_app  # noqa: E402
+from steerlab.serve.background import BackgroundServer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Tell me about your weekend.", "Describe the town where you live.", "What do you think about Mondays?"]
@@ -30,7 +29,7 @@ def vectors(smol):
 @pytest.fixture(scope="module")
 def server(smol, vectors):
     app = create_app(smol, vectors, limits=Limits(max_tokens=64, max_multiplier=20), max_batch=8, batch_wait=0.05)
-    with LiveServer(app) as live:
+    with BackgroundServer(app) as live:
         yield live
 
 
@@ -138,7 +137,7 @@ def test_openai_client_sees_errors(client):
 
 def test_api_key_and_full_queue(smol, vectors):
     app = create_app(smol, vectors, api_key="s3cret", max_queue=1, max_batch=1)
-    with LiveServer(app) as live:
+    with BackgroundServer(app) as live:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=live.url + "/v1", api_key="wrong").models.list()
         ok = openai.OpenAI(base_url=live.url + "/v1", api_key="s3cret")
@@ -185,6 +184,44 @@ def test_playground_in_a_real_browser(server, artifacts_dir):
     assert plain.strip() and steered.strip() and plain != steered
     assert json.dumps(steered)  # plain text, no error marker
     assert "error" not in steered.lower()
+
+
+def test_serve_cli_end_to_end(tmp_path, vectors):
+    """`steerlab serve` in its own process (generation on its main thread), queried by the openai client."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    vectors["sentiment"].save(tmp_path / "vectors" / "happy.safetensors")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "steerlab.cli", "serve", "--port", str(port), "--vectors",
+                             str(tmp_path / "vectors"), "--api-key", "k"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "STEERLAB_API_KEY": ""})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k")
+        plain = chat(client, PROMPTS[0]).choices[0].message.content
+        happy = chat(client, PROMPTS[0], {"vectors": [{"name": "happy", "multiplier": 8}]}).choices[0].message.content
+        assert plain and happy and plain != happy
+        assert [v["id"] for v in httpx.get(url + "/v1/vectors", headers={"authorization": "Bearer k"}).json()["data"]] \
+            == ["happy"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
 
 
 def test_serve_cli_refuses_public_bind_without_key():

@@ -201,10 +201,20 @@ def cmd_serve(args) -> int:
         dictionary = ConceptDictionary.load(args.dictionary, lm)
     limits = Limits(max_tokens=args.max_tokens, max_multiplier=args.max_multiplier)
     app = create_app(lm, vectors, dictionary=dictionary, api_key=api_key, limits=limits, max_queue=args.max_queue,
-                     max_batch=args.max_batch)
+                     max_batch=args.max_batch, engine_thread=False)
+    # HTTP on a background thread; generation on this (main) thread, where PyTorch runs fastest on CPU.
+    import threading
+
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    threading.Thread(target=server.run, name="steerlab-http", daemon=True).start()
     print(f"serving {lm.name} with vectors {sorted(vectors) or 'none'} on http://{args.host}:{args.port} "
-          f"(playground at /, OpenAI API at /v1)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+          f"(playground at /, OpenAI API at /v1); Ctrl-C stops")
+    try:
+        app.state.engine.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
     return 0
 
 

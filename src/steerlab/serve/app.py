@@ -51,13 +51,15 @@ def render_messages(lm, messages) -> Rendered:
 
 def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str | None = None,
                limits: Limits | None = None, max_queue: int = 64, max_batch: int = 8,
-               batch_wait: float = 0.01) -> FastAPI:
+               batch_wait: float = 0.01, engine_thread: bool = True) -> FastAPI:
     """An app serving ``lm`` with the named ``vectors`` ({name: SteeringVector}) and optionally a PaCE
-    concept ``dictionary``. ``api_key``: clients must send ``Authorization: Bearer <key>``."""
+    concept ``dictionary``. ``api_key``: clients must send ``Authorization: Bearer <key>``.
+    ``engine_thread=False``: nothing generates until you call ``app.state.engine.run_forever()``
+    (do that on the main thread for the best CPU speed)."""
     vectors = dict(vectors or {})
     limits = limits or Limits()
     engine = Engine(lm, vectors, dictionary=dictionary, max_queue=max_queue, max_batch=max_batch,
-                    batch_wait=batch_wait)
+                    batch_wait=batch_wait, start_thread=engine_thread)
     app = FastAPI(title="steerlab", version="1")
     app.state.engine = engine
 

@@ -5,6 +5,8 @@ each vector becomes one ``add`` intervention per layer whose per-row strength is
 multiplier (0 for rows that did not ask for it), so every row gets exactly its own steering in one
 forward pass. Requests with an ActAdd pair, PaCE removal or a seed are batched only with requests that
 carry the identical setting. The queue is bounded; :meth:`Engine.submit` raises :class:`QueueFull`.
+By default a daemon thread runs the engine; pass ``start_thread=False`` and call
+:meth:`Engine.run_forever` on the main thread instead (faster on CPU, see there).
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class _RowStreamer:
                 self.done[i] = True
                 continue
             self.tokens[i].append(tok)
+            if not job.stream and not job.stop:  # nothing to send or look for until the end
+                self.done[i] = len(self.tokens[i]) >= job.max_tokens
+                continue
             text, finished = self.engine.finish_text(self.tokens[i], job)
             if finished or len(self.tokens[i]) >= job.max_tokens:
                 self.done[i] = True
@@ -100,7 +105,7 @@ def _safe_prefix(text: str, stops: list[str]) -> int:
 
 class Engine:
     def __init__(self, lm, vectors: dict, *, dictionary=None, max_queue: int = 64, max_batch: int = 8,
-                 batch_wait: float = 0.01) -> None:
+                 batch_wait: float = 0.01, start_thread: bool = True) -> None:
         self.lm, self.vectors, self.dictionary = lm, vectors, dictionary
         self.max_batch, self.batch_wait = max_batch, batch_wait
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -111,9 +116,9 @@ class Engine:
         self._partitions: dict = {}
         self._actadd: dict = {}
         self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0}
-        self._thread = threading.Thread(target=self._run, name="steerlab-engine", daemon=True)
         self._stop = threading.Event()
-        self._thread.start()
+        if start_thread:
+            threading.Thread(target=self.run_forever, name="steerlab-engine", daemon=True).start()
 
     # ------------------------------------------------------------------ public
     def submit(self, job: Job) -> None:
@@ -154,7 +159,10 @@ class Engine:
         self._held.extend(skipped)
         return group
 
-    def _run(self) -> None:
+    def run_forever(self) -> None:
+        """Serve the queue until :meth:`close`. ``steerlab serve`` runs this on the main thread: on CPU,
+        PyTorch's OpenMP workers speed up generation there much more than on a new thread
+        (measured 1.16 s vs 1.92 s for 32 tokens with 2 cores)."""
         while not self._stop.is_set():
             try:
                 group = self._next_group()

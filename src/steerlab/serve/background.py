@@ -1,4 +1,8 @@
-"""Running a steerlab app on a real loopback port inside the test process."""
+"""Serving an app on a loopback port from a background thread (notebooks, tests, benchmarks):
+
+    with BackgroundServer(create_app(lm, vectors)) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import threading
 import time
 
 
-class LiveServer:
+class BackgroundServer:
     def __init__(self, app) -> None:
         import uvicorn
 
@@ -19,7 +23,7 @@ class LiveServer:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> BackgroundServer:
         self.thread.start()
         deadline = time.time() + 30
         while not self.server.started:

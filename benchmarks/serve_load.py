@@ -1,0 +1,97 @@
+"""Load on the steered server (issue 5): requests/s, p50/p95 latency and error rate at 1, 4 and 16
+concurrent clients, unsteered vs steered, measured side by side in one run on loopback.
+
+The app runs in this process as ``steerlab serve`` runs it: uvicorn on a background thread, the
+engine (which owns the model) on the main thread; clients are threads using httpx. Every request: a
+chat prompt, greedy, ``--tokens`` new tokens; steered requests carry a CAA sentiment vector (block
+8, multiplier 4) in the ``steering`` field. The queue bound (64) is above the largest concurrency,
+so the error rate must be 0.
+
+Run: .venv/bin/python benchmarks/serve_load.py [--tokens 32] [--requests-per-client 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+import steerlab
+from steerlab import datasets
+from steerlab.methods import caa
+from steerlab.serve import create_app
+from steerlab.serve.background import BackgroundServer
+
+PROMPTS = ["Tell me about your weekend.", "Describe the town where you live.", "What do you think about Mondays?",
+           "Write a sentence about the weather today.", "How was the meeting this morning?"]
+
+
+def run_load(url: str, clients: int, per_client: int, tokens: int, steered: bool) -> dict:
+    body = {"messages": [], "max_tokens": tokens, "temperature": 0}
+    if steered:
+        body["steering"] = {"vectors": [{"name": "sentiment", "multiplier": 4}]}
+
+    def one(i: int) -> tuple[float, int, int]:
+        req = dict(body, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/v1/chat/completions", json=req, timeout=600)
+        n = r.json()["usage"]["completion_tokens"] if r.status_code == 200 else 0
+        return time.perf_counter() - t0, r.status_code, n
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(clients * per_client)))
+    wall = time.perf_counter() - t0
+    lat = sorted(x[0] for x in results)
+    errors = sum(code != 200 for _, code, _ in results)
+    return {"clients": clients, "steered": steered, "requests": len(results), "wall_s": wall,
+            "requests_per_s": len(results) / wall, "tokens_per_s": sum(x[2] for x in results) / wall,
+            "p50_s": statistics.median(lat), "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+            "error_rate": errors / len(results)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve-load.json"))
+    args = parser.parse_args()
+    lm = steerlab.load_model()
+    vec = caa.extract(lm, datasets.to_open_answers(datasets.builtin("sentiment"))[:32], [8], progress=False)
+    # As `steerlab serve` does: generation on the main thread, HTTP and the clients on other threads.
+    app = create_app(lm, {"sentiment": vec}, max_queue=64, max_batch=16, batch_wait=0.02, engine_thread=False)
+    rows: list[dict] = []
+    health: dict = {}
+    with BackgroundServer(app) as srv:
+        def drive() -> None:
+            try:
+                run_load(srv.url, 1, 1, 4, False)  # warm-up
+                for clients in (1, 4, 16):
+                    per = max(1, args.requests_per_client * (2 if clients == 1 else 1))
+                    for steered in (False, True):
+                        row = run_load(srv.url, clients, per, args.tokens, steered)
+                        rows.append(row)
+                        print(f"{clients:>2} clients, {'steered  ' if steered else 'unsteered'}: "
+                              f"{row['requests_per_s']:.2f} req/s, {row['tokens_per_s']:.1f} tok/s, "
+                              f"p50 {row['p50_s']:.2f} s, p95 {row['p95_s']:.2f} s, errors {row['error_rate']:.0%}")
+                health.update(httpx.get(srv.url + "/health").json())
+            finally:
+                app.state.engine.close()
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+        app.state.engine.run_forever()
+        driver.join()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"tokens": args.tokens, "rows": rows, "server": health}, indent=2))
+    print(f"largest batch formed: {health['max_batch_seen']}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
