@@ -8,13 +8,14 @@ Run: .venv/bin/python benchmarks/reliability_runs.py [--model qwen2.5-coder-0.5b
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import steerlab
 from steerlab import datasets
 from steerlab.evaluate.generalisation import generalisation, spearman
-from steerlab.evaluate.reliability import reliability
+from steerlab.evaluate.reliability import ReliabilityReport, reliability
 from steerlab.methods import caa
 
 SHARED = {
@@ -52,6 +53,9 @@ def main() -> None:
                         help="datasets that also get the (costly) generalisation run")
     parser.add_argument("--gen-train", type=int, default=32, help="training pairs per variant for generalisation")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--datasets", default=None, help="comma-separated subset of the dataset names")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse per-dataset reports already written by an earlier (interrupted) run")
     args = parser.parse_args()
     lm = steerlab.load_model(args.model, dtype=args.dtype)
     layer = round(args.layer_fraction * lm.num_layers)
@@ -61,12 +65,24 @@ def main() -> None:
     for name in BUILTIN_OPEN:
         sets[f"{name} (built-in, open answers)"] = datasets.split(datasets.to_open_answers(datasets.builtin(name)))
     t_all = time.time()
+    if args.datasets:
+        wanted = args.datasets.split(",")
+        unknown = [w for w in wanted if not any(n.split(" ")[0] == w for n in sets)]
+        if unknown:
+            raise SystemExit(f"unknown datasets {unknown}; choose from {[n.split(' ')[0] for n in sets]}")
+        sets = {n: v for n, v in sets.items() if n.split(" ")[0] in wanted}
     for name, (train, test) in sets.items():
         t = time.time()
         train, test = train[: args.train], test[: args.test]
+        stem = f"reliability-{lm.name}-{name.split(' ')[0]}"
+        done = out / "reliability" / f"{stem}.json"
+        if args.resume and done.exists() and args.no_generalisation:
+            rep = ReliabilityReport(**json.loads(done.read_text()))
+            rows.append({"dataset": name, "rep": rep, "seconds": 0.0, "gen": None})
+            print(f"{rep.summary()} [from {done}]", flush=True)
+            continue
         vec = caa.extract(lm, train, layer, progress=False)
         rep = reliability(lm, vec, test, scale=args.scale, dataset=name, progress=False)
-        stem = f"reliability-{lm.name}-{name.split(' ')[0]}"
         rep.save(out / "reliability", stem)
         row = {"dataset": name, "rep": rep, "seconds": 0.0, "gen": None}
         if not args.no_generalisation and name.split(" ")[0] in args.gen_datasets.split(","):
@@ -84,7 +100,11 @@ def main() -> None:
              f"{args.train} training pairs, {args.test} test items per dataset (first half trains, second half "
              f"tests; CAA sycophancy: generate file trains, test file tests). Total {time.time() - t_all:.0f} s. "
              "Command: `.venv/bin/python benchmarks/reliability_runs.py"
-             + (f" --model {args.model}" if args.model else "") + "`.", "",
+             + (f" --model {args.model}" if args.model else "") + (f" --dtype {args.dtype}" if args.dtype != "auto"
+                                                                     else "")
+             + (f" --train {args.train} --test {args.test}" if (args.train, args.test) != (64, 40) else "")
+             + (f" --datasets {args.datasets}" if args.datasets else "")
+             + (" --no-generalisation" if args.no_generalisation else "") + "`.", "",
              "| dataset | p(match) unsteered | mean slope | median | variance | anti-steerable | line R^2 | "
              "R^2 by A | R^2 by Yes | ID | OOD (user-) | relative |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -100,7 +120,8 @@ def main() -> None:
     if ids:
         lines += ["", f"Spearman correlation of ID and OOD (user-) steerability across datasets: "
                   f"{spearman(ids, oods):+.2f}."]
-    (out / f"reliability-{lm.name}.md").write_text("\n".join(lines) + "\n")
+    suffix = "" if args.datasets is None else "-subset"
+    (out / f"reliability-{lm.name}{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
