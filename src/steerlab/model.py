@@ -98,7 +98,7 @@ class SteerModel:
     @property
     def device(self) -> torch.device:
         """Device of the input embeddings (where inputs go)."""
-        return self.model.get_input_embeddings().weight.device
+        return _execution_device(self.model.get_input_embeddings(), self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -109,10 +109,9 @@ class SteerModel:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def block_device(self, layer: int) -> torch.device:
-        """Device of block ``layer`` (differs per block under ``device_map``)."""
-        for p in self.blocks[layer].parameters():
-            return p.device
-        return self.device
+        """Device block ``layer`` computes on (differs per block under ``device_map``; for blocks that
+        accelerate offloads to CPU RAM or disk, the device their weights are brought to)."""
+        return _execution_device(self.blocks[layer], self.model)
 
     def check_layer(self, layer: int) -> int:
         if not -self.num_layers <= layer < self.num_layers:
@@ -163,6 +162,19 @@ class SteerModel:
         from .generation import generate
 
         return generate(self, prompts, **kwargs)
+
+
+def _execution_device(module: nn.Module, model: nn.Module) -> torch.device:
+    hook = getattr(module, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 def _clear_gguf_quantizer(model: nn.Module) -> None:
