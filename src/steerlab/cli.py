@@ -127,11 +127,11 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _train_test(args):
+def _train_test(args, data=None):
     """The --data set (option texts as answers with --open-answers), split in halves, --limit applied."""
     from . import datasets
 
-    pairs = datasets.load(args.data)
+    pairs = datasets.load(data or args.data)
     if args.open_answers:
         pairs = datasets.to_open_answers(pairs)
     train, test = datasets.split(pairs)
@@ -140,37 +140,73 @@ def _train_test(args):
     return train, test
 
 
+def _ray_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help=f"run {what} as Ray tasks: on a new local Ray instance, or on the cluster at ADDRESS")
+    p.add_argument("--ray-workers", type=int, default=2, help="Ray workers, each loading the model once")
+    p.add_argument("--resume", action="store_true",
+                   help="keep finished tasks in OUT/.tasks and skip them when the same run is started again")
+
+
+def _model_spec(args):
+    from .distributed import ModelSpec
+
+    return ModelSpec(args.model, dtype=args.dtype, device=args.device)
+
+
 def cmd_sweep(args) -> int:
+    from pathlib import Path
+
     from .evaluate.sweep import layer_sweep
 
     lm = _load(args)
     train, test = _train_test(args)
     layers = args.layers or list(range(1, lm.num_layers - 1))
     result = layer_sweep(lm, train, test, layers, args.multipliers, dataset=str(args.data), method=args.method,
-                         chat=args.chat, system=args.system)
+                         chat=args.chat, system=args.system, ray=args.ray, workers=args.ray_workers,
+                         model_spec=_model_spec(args) if args.ray else None,
+                         resume_dir=Path(args.out) / ".tasks" if args.resume else None)
     path = result.save(args.out)
     print(f"unsteered p(matching) = {result.baseline:.3f}\n{result.table()}\n"
           f"recommended layer {result.recommended_layer}: {result.how_chosen}\nwrote {path}")
     return 0
 
 
-def cmd_reliability(args) -> int:
+def _reliability_task(lm, task):
     from .evaluate.generalisation import generalisation
     from .evaluate.reliability import reliability
     from .methods import caa
 
-    lm = _load(args)
-    train, test = _train_test(args)
-    layer = lm.check_layer(args.layer)
-    vec = caa.extract(lm, train, layer, chat=args.chat)
-    report = reliability(lm, vec, test, scale=args.scale, dataset=str(args.data), chat=args.chat)
-    print(report.summary())
-    print(f"wrote {report.save(args.out)}")
-    if args.generalisation:
-        gen = generalisation(lm, train, test, layer, dataset=str(args.data), scale=args.scale, chat=args.chat)
-        rel = ", ".join(f"{k} {v:+.2f}" if v is not None else f"{k} n/a" for k, v in gen.relative_steerability.items())
-        print(f"ID steerability {gen.id_steerability:+.3f}; relative OOD steerability: {rel}")
-        print(f"wrote {gen.save(args.out)}")
+    train, test, data, layer, scale, chat, with_gen = task
+    vec = caa.extract(lm, train, layer, chat=chat, progress=False)
+    report = reliability(lm, vec, test, scale=scale, dataset=data, chat=chat, progress=False)
+    gen = generalisation(lm, train, test, layer, dataset=data, scale=scale, chat=chat, progress=False) \
+        if with_gen else None
+    return report, gen
+
+
+def cmd_reliability(args) -> int:
+    from pathlib import Path
+
+    from .distributed import map_tasks
+
+    lm = _load(args) if args.ray is None else None
+    tasks = []
+    for data in args.data:
+        train, test = _train_test(args, data)
+        tasks.append((train, test, str(data), args.layer, args.scale, args.chat, args.generalisation))
+    results = map_tasks(_reliability_task, tasks, model=lm if lm is not None else _model_spec(args), ray=args.ray,
+                        workers=args.ray_workers, resume_dir=Path(args.out) / ".tasks" if args.resume else None,
+                        desc="datasets")
+    for (report, gen), data in zip(results, args.data):
+        stem = Path(str(data)).stem
+        print(report.summary())
+        print(f"wrote {report.save(args.out, f'reliability-{stem}')}")
+        if gen is not None:
+            rel = ", ".join(f"{k} {v:+.2f}" if v is not None else f"{k} n/a"
+                            for k, v in gen.relative_steerability.items())
+            print(f"ID steerability {gen.id_steerability:+.3f}; relative OOD steerability: {rel}")
+            print(f"wrote {gen.save(args.out, f'generalisation-{stem}')}")
     return 0
 
 
@@ -290,11 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None)
     p.add_argument("--limit", type=int, default=0, help="at most this many train and test pairs each")
     p.add_argument("--out", default="steerlab-out/sweep", help="folder for .md, .json and .png")
+    _ray_args(p, "blocks of layers")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("reliability", help="per-item steerability, anti-steerable fraction, spurious factors")
     _add_model_args(p)
-    p.add_argument("--data", required=True, help="dataset file or built-in name (first half trains, second tests)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="dataset file(s) or built-in name(s); first half trains, second half tests")
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiplier unit: slopes are over {-1.5..1.5} x scale (default 1)")
@@ -304,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--out", default="steerlab-out/reliability")
+    _ray_args(p, "one task per dataset")
     p.set_defaults(func=cmd_reliability)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with per-request steering, and a playground")
@@ -321,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .pace.cli import add_parser as add_pace_parser
 
-    add_pace_parser(sub, _add_model_args, _parse_layers)
+    add_pace_parser(sub, _add_model_args, _parse_layers, _ray_args)
 
     p = sub.add_parser("demo", help="the main job: ActAdd and CAA on the embedded model, with a report")
     p.add_argument("--model", default=None)

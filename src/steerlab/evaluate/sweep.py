@@ -68,11 +68,8 @@ class SweepResult:
         plt.close(fig)
 
 
-def layer_sweep(lm, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair], layers: Sequence[int],
-                multipliers: Sequence[float] = (-1.0, 1.0), *, dataset: str = "data", method: str = "mean",
-                chat: bool = True, system: str | None = None, progress: bool | None = None) -> SweepResult:
-    layers = sorted({lm.check_layer(k) for k in layers})
-    multipliers = sorted({float(m) for m in multipliers})
+def _sweep_block(lm, task) -> SweepResult:
+    train, test, layers, multipliers, dataset, method, chat, system, progress = task
     vector = caa.extract(lm, train, layers, method=method, chat=chat, system=system, progress=progress)
     variants = [Variant(0.0)] + [Variant(m, k) for k in layers for m in multipliers]
     lp = answer_logprobs(lm, test, vector, variants, chat=chat, system=system, progress=progress)
@@ -82,8 +79,24 @@ def layer_sweep(lm, train: Sequence[ContrastivePair], test: Sequence[Contrastive
     for i, v in enumerate(variants[1:], 1):
         table_p.setdefault(str(v.layer), {})[str(v.multiplier)] = float(pm[i])
         table_prop.setdefault(str(v.layer), {})[str(v.multiplier)] = float(prop[i])
-    result = SweepResult(lm.name, dataset, layers, multipliers, len(train), len(test), float(pm[0]), table_p,
-                         table_prop, {str(k): n for k, n in vector.norms().items()}, layers[0])
+    return SweepResult(lm.name, dataset, list(layers), list(multipliers), len(train), len(test), float(pm[0]),
+                       table_p, table_prop, {str(k): n for k, n in vector.norms().items()}, layers[0])
+
+
+def merge_sweeps(parts: Sequence[SweepResult]) -> SweepResult:
+    """One sweep from sweeps of disjoint layer blocks (same data and multipliers), recommendation redone."""
+    first = parts[0]
+    layers = sorted(k for p in parts for k in p.layers)
+    merged = SweepResult(first.model, first.dataset, layers, first.multipliers, first.n_train, first.n_test,
+                         first.baseline, {k: v for p in parts for k, v in p.p_matching.items()},
+                         {k: v for p in parts for k, v in p.propensity.items()},
+                         {k: v for p in parts for k, v in p.vector_norms.items()}, layers[0])
+    return _recommend(merged)
+
+
+def _recommend(result: SweepResult) -> SweepResult:
+    multipliers, layers = result.multipliers, result.layers
+
     def monotonic(layer: int) -> bool:
         row = [result.p_matching[str(layer)][str(m)] for m in multipliers]
         return all(a <= b for a, b in zip(row, row[1:])) and row[0] <= result.baseline <= row[-1]
@@ -96,3 +109,24 @@ def layer_sweep(lm, train: Sequence[ContrastivePair], test: Sequence[Contrastive
         + ("among layers where p(matching) rises monotonically with the multiplier" if candidates
            else "(no layer responds monotonically)") + f": {result.effect(best):+.3f}")
     return result
+
+
+def layer_sweep(lm, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair], layers: Sequence[int],
+                multipliers: Sequence[float] = (-1.0, 1.0), *, dataset: str = "data", method: str = "mean",
+                chat: bool = True, system: str | None = None, progress: bool | None = None,
+                ray: str | None = None, workers: int = 2, model_spec=None, resume_dir=None) -> SweepResult:
+    """p(matching) for every (layer, multiplier). ``ray``: "local" or a cluster address splits the layers
+    into blocks that Ray workers run (each loads ``model_spec``, default: ``lm``'s name and dtype)."""
+    layers = sorted({lm.check_layer(k) for k in layers})
+    multipliers = sorted({float(m) for m in multipliers})
+    if ray is None and resume_dir is None:
+        return _recommend(_sweep_block(lm, (list(train), list(test), layers, multipliers, dataset, method, chat,
+                                            system, progress)))
+    from ..distributed import map_tasks, spec_of
+
+    n_blocks = min(len(layers), 2 * workers) if ray is not None else len(layers)
+    blocks = [layers[i::n_blocks] for i in range(n_blocks)]
+    tasks = [(list(train), list(test), b, multipliers, dataset, method, chat, system, False) for b in blocks]
+    parts = map_tasks(_sweep_block, tasks, model=model_spec or (spec_of(lm) if ray else lm), ray=ray,
+                      workers=workers, resume_dir=resume_dir, desc="layer blocks")
+    return merge_sweeps(parts)

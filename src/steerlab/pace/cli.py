@@ -26,8 +26,19 @@ def cmd_build(args) -> int:
     else:
         concepts = concept_words(args.concepts)
     layers = args.layers or [lm.num_layers // 2]
-    d = build_dictionary(lm, concepts, layers, batch_size=args.batch_size, progress=True)
+    spec = None
+    if args.ray:
+        from ..cli import _model_spec
+
+        spec = _model_spec(args)
+    d = build_dictionary(lm, concepts, layers, batch_size=args.batch_size, progress=True, ray=args.ray,
+                         workers=args.ray_workers, model_spec=spec,
+                         resume_dir=Path(str(args.out) + ".tasks") if args.resume else None)
     path = d.save(args.out)
+    if args.resume:
+        import shutil
+
+        shutil.rmtree(str(args.out) + ".tasks", ignore_errors=True)
     print(f"{len(d)} concepts x layers {d.layers} in {d.meta['build_seconds']} s; wrote {path}")
     for word in args.show:
         if word in d._index:
@@ -69,7 +80,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def add_parser(sub, add_model_args, parse_layers) -> None:
+def add_parser(sub, add_model_args, parse_layers, ray_args) -> None:
     pace = sub.add_parser("pace", help="PaCE: concept dictionary, partition, removal and its evaluation")
     psub = pace.add_subparsers(dest="pace_command", required=True)
 
@@ -82,6 +93,7 @@ def add_parser(sub, add_model_args, parse_layers) -> None:
     p.add_argument("--show", type=lambda t: t.split(","), default=["love", "war", "money", "dog"],
                    help="print nearest neighbours of these concepts")
     p.add_argument("--out", required=True, help="output .safetensors file")
+    ray_args(p, "concept shards")
     p.set_defaults(func=cmd_build)
 
     def partition_args(p):

@@ -153,24 +153,37 @@ def concept_means(lm, concepts: Sequence[str], layers: Sequence[int], *, templat
     return out
 
 
+def _shard_means(lm, task) -> dict[int, torch.Tensor]:
+    concepts, layers, templates, batch_size = task
+    return concept_means(lm, concepts, layers, templates=templates, batch_size=batch_size)
+
+
 def build_dictionary(lm, concepts: Sequence[str], layers: Sequence[int] | int, *,
                      templates: Sequence[str] = TEMPLATES, batch_size: int = 128, shard: int = 512,
-                     progress: bool | None = None) -> ConceptDictionary:
-    """Build atoms for ``concepts`` at ``layers`` of ``lm`` (see the module docstring for the recipe)."""
+                     progress: bool | None = None, ray: str | None = None, workers: int = 2, model_spec=None,
+                     resume_dir=None) -> ConceptDictionary:
+    """Build atoms for ``concepts`` at ``layers`` of ``lm`` (see the module docstring for the recipe).
+
+    Concepts are processed in shards of ``shard``; ``ray`` ("local" or an address) runs the shards on
+    Ray workers (each loads ``model_spec``, default ``lm``'s name and dtype); ``resume_dir`` keeps each
+    finished shard so an interrupted build can be resumed."""
     layers = sorted({lm.check_layer(x) for x in ([layers] if isinstance(layers, int) else layers)})
     concepts = list(dict.fromkeys(c.strip() for c in concepts if c.strip()))
     if len(concepts) < 2:
         raise ValueError("A concept dictionary needs at least two distinct concepts.")
     t0 = time.time()
-    means: dict[int, list[torch.Tensor]] = {x: [] for x in layers}
-    show = progress if progress is not None else len(concepts) > shard
-    for s in tqdm(range(0, len(concepts), shard), desc="concepts", disable=not show, unit="shard"):
-        part = concept_means(lm, concepts[s: s + shard], layers, templates=templates, batch_size=batch_size)
-        for layer in layers:
-            means[layer].append(part[layer])
+    shards = [(concepts[s: s + shard], layers, list(templates), batch_size) for s in range(0, len(concepts), shard)]
+    if ray is None and resume_dir is None:
+        show = progress if progress is not None else len(concepts) > shard
+        parts = [_shard_means(lm, task) for task in tqdm(shards, desc="concepts", disable=not show, unit="shard")]
+    else:
+        from ..distributed import map_tasks, spec_of
+
+        parts = map_tasks(_shard_means, shards, model=model_spec or (spec_of(lm) if ray else lm), ray=ray,
+                          workers=workers, resume_dir=resume_dir, desc="concept shards")
     atoms, centres = {}, {}
     for layer in layers:
-        m = torch.cat(means[layer])
+        m = torch.cat([part[layer] for part in parts])
         centres[layer] = m.mean(0)
         a = m - centres[layer]
         atoms[layer] = a / a.norm(dim=1, keepdim=True).clamp(min=1e-8)

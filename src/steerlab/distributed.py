@@ -1,0 +1,148 @@
+"""Independent work items (datasets, layer blocks, concept shards) run in-process or on a Ray cluster.
+
+``map_tasks(fn, tasks, model=...)`` returns ``[fn(lm, task) for task in tasks]``. With ``ray=None``
+it loads the model once here; with ``ray="local"`` (a fresh local Ray instance) or a cluster address,
+it starts ``workers`` Ray actors that each load the model once and run tasks as they free up. A task
+that raises is retried ``retries`` times (a fresh attempt, possibly on another worker) and then
+reported with its index and input. With ``resume_dir`` every finished result is written there as it
+arrives, and a later call with the same tasks skips those already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker loads the model: ``load_model(name, dtype=..., device=...)``."""
+
+    name: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+
+    def load(self):
+        from .model import load_model
+
+        return load_model(self.name, dtype=self.dtype, device=self.device)
+
+
+def spec_of(lm) -> ModelSpec:
+    """A spec that reloads ``lm`` (its built-in name, hub id or path, and its dtype) on a worker."""
+    return ModelSpec(lm.name, dtype=str(lm.dtype).removeprefix("torch."), device="auto")
+
+
+class TaskFailed(RuntimeError):
+    pass
+
+
+def _key(task: Any) -> str:
+    return hashlib.sha256(pickle.dumps(task)).hexdigest()[:16]
+
+
+class _Worker:
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.lm = spec.load()
+
+    def run(self, fn: Callable, task: Any) -> Any:
+        return fn(self.lm, task)
+
+
+def map_tasks(fn: Callable[[Any, Any], Any], tasks: Sequence[Any], *, model, ray: str | None = None,
+              workers: int = 2, retries: int = 1, resume_dir: str | os.PathLike | None = None,
+              desc: str = "tasks") -> list[Any]:
+    """``fn(lm, task)`` for every task, in order. ``model``: a loaded SteerModel (in-process only) or a
+    :class:`ModelSpec` (required with Ray, where each worker loads its own copy)."""
+    tasks = list(tasks)
+    results: list[Any] = [None] * len(tasks)
+    done = [False] * len(tasks)
+    folder = Path(resume_dir) if resume_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, task in enumerate(tasks):
+            path = folder / f"task-{i}-{_key(task)}.pt"
+            if path.exists():
+                results[i], done[i] = torch.load(path, weights_only=False), True
+
+    def finish(i: int, value: Any) -> None:
+        results[i], done[i] = value, True
+        if folder is not None:
+            tmp = folder / f".task-{i}.tmp"
+            torch.save(value, tmp)
+            os.replace(tmp, folder / f"task-{i}-{_key(tasks[i])}.pt")
+
+    todo = [i for i in range(len(tasks)) if not done[i]]
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=desc, disable=len(tasks) < 2)
+    if ray is None:
+        lm = model.load() if isinstance(model, ModelSpec) else model
+        for i in todo:
+            for attempt in range(retries + 1):
+                try:
+                    finish(i, fn(lm, tasks[i]))
+                    break
+                except Exception as err:
+                    if attempt == retries:
+                        raise TaskFailed(f"task {i} failed {retries + 1} times; its input: {tasks[i]!r:.300}") from err
+            bar.update()
+    else:
+        _run_on_ray(fn, tasks, todo, model, ray, workers, retries, finish, bar)
+    bar.close()
+    return results
+
+
+def _run_on_ray(fn, tasks, todo, model, address, workers, retries, finish, bar) -> None:
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("--ray needs Ray: pip install 'steerlab[ray]'.") from err
+    if not isinstance(model, ModelSpec):
+        raise TypeError("With Ray, pass model=ModelSpec(...): each worker loads its own copy.")
+    if not ray.is_initialized():
+        if address == "local":
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    threads = max(1, int(ray.cluster_resources().get("CPU", workers)) // workers)
+    Worker = ray.remote(num_cpus=1)(_Worker)
+    actors = [Worker.remote(model, threads) for _ in range(min(workers, max(1, len(todo))))]
+    queue = [(i, 0) for i in todo]
+    running: dict = {}
+    idle = list(actors)
+    fn_ref = ray.put(fn)
+    try:
+        while queue or running:
+            while queue and idle:
+                i, attempt = queue.pop(0)
+                actor = idle.pop()
+                running[actor.run.remote(fn_ref, tasks[i])] = (i, attempt, actor)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            i, attempt, actor = running.pop(ready[0])
+            try:
+                finish(i, ray.get(ready[0]))
+                idle.append(actor)
+                bar.update()
+            except ray.exceptions.RayActorError:  # the worker died: replace it and retry the task
+                idle.append(Worker.remote(model, threads))
+                _retry(queue, i, attempt, retries, tasks)
+            except ray.exceptions.RayTaskError as err:
+                idle.append(actor)
+                _retry(queue, i, attempt, retries, tasks, err)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _retry(queue, i, attempt, retries, tasks, err=None) -> None:
+    if attempt >= retries:
+        raise TaskFailed(f"task {i} failed {attempt + 1} times on Ray; its input: {tasks[i]!r:.300}") from err
+    queue.append((i, attempt + 1))

@@ -1,0 +1,59 @@
+"""Splitting work into tasks: in-process, resumable, retried; and on a local Ray instance (2 workers)
+with results equal to the single-process run."""
+
+import pytest
+import torch
+
+from steerlab import datasets
+from steerlab.distributed import ModelSpec, TaskFailed, map_tasks
+
+CALLS: list = []
+
+
+def _square(lm, x):
+    CALLS.append(x)
+    if x == "boom":
+        raise ValueError("bad input")
+    return x * x
+
+
+def test_in_process_resume_and_failure_report(tmp_path):
+    CALLS.clear()
+    assert map_tasks(_square, [1, 2, 3], model=None, resume_dir=tmp_path) == [1, 4, 9]
+    assert map_tasks(_square, [1, 2, 3, 4], model=None, resume_dir=tmp_path) == [1, 4, 9, 16]
+    assert CALLS == [1, 2, 3, 4]  # the second run only did the new task
+    with pytest.raises(TaskFailed, match="task 1 failed 2 times; its input: 'boom'"):
+        map_tasks(_square, [5, "boom"], model=None, retries=1)
+    assert CALLS[-2:] == ["boom", "boom"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_sweep_and_dictionary_build_on_ray_equal_in_process(smol, ray_local):
+    from steerlab.evaluate.sweep import layer_sweep
+    from steerlab.pace import build_dictionary, concept_words
+
+    train, test = datasets.split(datasets.to_open_answers(datasets.builtin("sentiment")))
+    train, test = train[:8], test[:6]
+    local = layer_sweep(smol, train, test, [4, 8, 12], [-2, 2], progress=False)
+    spec = ModelSpec("smollm2-135m", dtype="float32")
+    remote = layer_sweep(smol, train, test, [4, 8, 12], [-2, 2], ray="local", workers=2, model_spec=spec)
+    assert remote.layers == local.layers and remote.recommended_layer == local.recommended_layer
+    assert abs(remote.baseline - local.baseline) < 1e-5
+    for layer in map(str, local.layers):
+        for m in local.p_matching[layer]:
+            assert abs(remote.p_matching[layer][m] - local.p_matching[layer][m]) < 1e-4
+        assert abs(remote.vector_norms[layer] - local.vector_norms[layer]) < 1e-4
+
+    words = concept_words(40)
+    d_local = build_dictionary(smol, words, [10], shard=10)
+    d_ray = build_dictionary(smol, words, [10], shard=10, ray="local", workers=2, model_spec=spec)
+    assert d_ray.concepts == d_local.concepts
+    assert torch.allclose(d_ray.atoms[10], d_local.atoms[10], atol=1e-4)
