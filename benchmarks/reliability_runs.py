@@ -102,9 +102,12 @@ def main() -> None:
              "Command: `.venv/bin/python benchmarks/reliability_runs.py"
              + (f" --model {args.model}" if args.model else "") + (f" --dtype {args.dtype}" if args.dtype != "auto"
                                                                      else "")
+             + (f" --layer-fraction {args.layer_fraction:g}" if args.layer_fraction != 0.4 else "")
+             + (f" --scale {args.scale:g}" if args.scale != 4.0 else "")
              + (f" --train {args.train} --test {args.test}" if (args.train, args.test) != (64, 40) else "")
              + (f" --datasets {args.datasets}" if args.datasets else "")
-             + (" --no-generalisation" if args.no_generalisation else "") + "`.", "",
+             + (" --no-generalisation" if args.no_generalisation else "")
+             + (f" --out {args.out}" if args.out != "benchmarks/results" else "") + "`.", "",
              "| dataset | p(match) unsteered | mean slope | median | variance | anti-steerable | line R^2 | "
              "R^2 by A | R^2 by Yes | ID | OOD (user-) | relative |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
