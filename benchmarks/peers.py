@@ -8,7 +8,7 @@
 - steered greedy generation tokens/s at batch 1 and 8: unsteered, steerlab, steering-vectors'
   ``apply`` and repeng's ``ControlModel``, each adding one vector at every position of one layer.
 
-The peers are benchmark-only: ``make bench-peers`` installs them with --no-deps.
+The peers are test- and benchmark-only: the `make` set-up installs them with --no-deps.
 Run: .venv/bin/python benchmarks/peers.py [--model gemma3-270m] [--pairs 256] [--repeats 3]
 """
 
@@ -66,7 +66,8 @@ def main() -> None:
     lines = [f"# steerlab vs peers on {lm.name}", "",
              f"{len(pairs)} pairs from caa/sycophancy_generate.json, chat-rendered; batch size {args.batch_size}; "
              f"median of {args.repeats}; torch threads {torch.get_num_threads()}. "
-             f"Command: `.venv/bin/python benchmarks/peers.py{' --model ' + args.model if args.model else ''}`.", "",
+             f"Command: `.venv/bin/python benchmarks/peers.py{' --model ' + args.model if args.model else ''}"
+             f" --pairs {args.pairs} --repeats {args.repeats}`.", "",
              "## CAA extraction (mean difference at the answer letter)", "",
              "| layers | steerlab (s) | steering-vectors (s) | speed-up | cosine |", "|---|---:|---:|---:|---:|"]
     for layers in (one, three):
