@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .safefile import atomic_write
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -61,8 +63,8 @@ class _Worker:
 def map_tasks(fn: Callable[[Any, Any], Any], tasks: Sequence[Any], *, model, ray: str | None = None,
               workers: int = 2, retries: int = 1, resume_dir: str | os.PathLike | None = None,
               desc: str = "tasks") -> list[Any]:
-    """``fn(lm, task)`` for every task, in order. ``model``: a loaded SteerModel (in-process only) or a
-    :class:`ModelSpec` (required with Ray, where each worker loads its own copy)."""
+    """``fn(lm, task)`` for every task, in order. ``model``: a loaded SteerModel or a :class:`ModelSpec`;
+    with Ray each worker loads its own copy (from the spec, or from ``spec_of(model)``)."""
     tasks = list(tasks)
     results: list[Any] = [None] * len(tasks)
     done = [False] * len(tasks)
@@ -77,9 +79,7 @@ def map_tasks(fn: Callable[[Any, Any], Any], tasks: Sequence[Any], *, model, ray
     def finish(i: int, value: Any) -> None:
         results[i], done[i] = value, True
         if folder is not None:
-            tmp = folder / f".task-{i}.tmp"
-            torch.save(value, tmp)
-            os.replace(tmp, folder / f"task-{i}-{_key(tasks[i])}.pt")
+            atomic_write(folder / f"task-{i}-{_key(tasks[i])}.pt", lambda tmp: torch.save(value, tmp))
 
     todo = [i for i in range(len(tasks)) if not done[i]]
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=desc, disable=len(tasks) < 2)
@@ -106,7 +106,7 @@ def _run_on_ray(fn, tasks, todo, model, address, workers, retries, finish, bar) 
     except ImportError as err:
         raise ImportError("--ray needs Ray: pip install 'steerlab[ray]'.") from err
     if not isinstance(model, ModelSpec):
-        raise TypeError("With Ray, pass model=ModelSpec(...): each worker loads its own copy.")
+        model = spec_of(model)
     if not ray.is_initialized():
         if address == "local":
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)

@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +17,28 @@ _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np
               "U8": np.uint8, "BOOL": np.bool_}
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
-    """Save ``tensors`` to ``path`` through a temporary file in the same folder and a rename."""
-    from safetensors.torch import save_file
-
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Create ``path`` by calling ``write(temporary_path)`` on a temporary file in the same folder and
+    renaming it into place; on any error the old file (if any) is left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Save ``tensors`` to ``path`` as safetensors, atomically (see :func:`atomic_write`)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:

@@ -122,11 +122,11 @@ def layer_sweep(lm, train: Sequence[ContrastivePair], test: Sequence[Contrastive
     if ray is None and resume_dir is None:
         return _recommend(_sweep_block(lm, (list(train), list(test), layers, multipliers, dataset, method, chat,
                                             system, progress)))
-    from ..distributed import map_tasks, spec_of
+    from ..distributed import map_tasks
 
     n_blocks = min(len(layers), 2 * workers) if ray is not None else len(layers)
     blocks = [layers[i::n_blocks] for i in range(n_blocks)]
     tasks = [(list(train), list(test), b, multipliers, dataset, method, chat, system, False) for b in blocks]
-    parts = map_tasks(_sweep_block, tasks, model=model_spec or (spec_of(lm) if ray else lm), ray=ray,
+    parts = map_tasks(_sweep_block, tasks, model=model_spec or lm, ray=ray,
                       workers=workers, resume_dir=resume_dir, desc="layer blocks")
     return merge_sweeps(parts)

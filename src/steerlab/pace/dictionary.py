@@ -177,9 +177,9 @@ def build_dictionary(lm, concepts: Sequence[str], layers: Sequence[int] | int, *
         show = progress if progress is not None else len(concepts) > shard
         parts = [_shard_means(lm, task) for task in tqdm(shards, desc="concepts", disable=not show, unit="shard")]
     else:
-        from ..distributed import map_tasks, spec_of
+        from ..distributed import map_tasks
 
-        parts = map_tasks(_shard_means, shards, model=model_spec or (spec_of(lm) if ray else lm), ray=ray,
+        parts = map_tasks(_shard_means, shards, model=model_spec or lm, ray=ray,
                           workers=workers, resume_dir=resume_dir, desc="concept shards")
     atoms, centres = {}, {}
     for layer in layers:

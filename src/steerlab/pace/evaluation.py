@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
 from ..evaluate.capability import token_nll
-from ..evaluate.files import pyplot
+from ..evaluate.files import pyplot, save_json_and_plot
 from ..evaluate.text_scores import lexicon_rate, profanity_scores, vader_scores
 from .removal import METHODS
 
@@ -113,12 +113,9 @@ class PaceEval:
         return cls(**raw)
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         stem = f"pace-{self.task}"
-        (folder / f"{stem}.json").write_text(json.dumps(asdict(self), indent=2))
+        folder = save_json_and_plot(self, folder, stem)
         (folder / f"{stem}.md").write_text(self.table() + "\n")
-        self.plot(folder / f"{stem}.png")
         return folder
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..safefile import atomic_write
 from ..sources import cache_dir
 from .dictionary import ConceptDictionary
 
@@ -84,16 +85,12 @@ class Partition:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the labels as TSV (one concept per line), atomically; edit the label column freely."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"# steerlab concept labels; task={self.task}; source={self.source}", "concept\tlabel\tscore"]
         scores = self.scores.tolist() if self.scores is not None else [float("nan")] * len(self.concepts)
         for c, u, s in zip(self.concepts, self.undesirable.tolist(), scores):
             lines.append(f"{c}\t{LABELS[int(u)]}\t{s:.4f}")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        text = "\n".join(lines) + "\n"
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike, dictionary: ConceptDictionary, task: str | None = None) -> Partition:
