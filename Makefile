@@ -32,8 +32,8 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
-bench: setup
-	$(BIN)/python benchmarks/foundation.py
+bench: setup  # every benchmark (about 3 hours on 2 CPU cores); writes benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) steerlab-out test-artifacts

@@ -7,14 +7,16 @@
 - knowledge kept: P@1 / P@5 on fact completions, steered vs unsteered;
 - A/B accuracy on the general-knowledge quiz under a CAA sentiment vector at multipliers -4..4.
 
-Run: .venv/bin/python benchmarks/capability_kept.py   (writes benchmarks/results/capability.md)
+Run: .venv/bin/python benchmarks/capability_kept.py [--samples 30]   (writes benchmarks/results/capability.md)
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
-from pathlib import Path
+
+from common import save_report
 
 import steerlab
 from steerlab import datasets
@@ -44,10 +46,13 @@ def documents(seed: int = 0) -> list[str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="ActAdd's capability checks on the embedded model.")
+    parser.add_argument("--samples", type=int, default=30, help="sampled completions per condition")
+    args = parser.parse_args()
     t0 = time.time()
     lm = steerlab.load_model()
-    lines = [f"# Capability kept on {lm.name}", "", "Command: `.venv/bin/python benchmarks/capability_kept.py`.", ""]
-    n = 30
+    lines = [f"# Capability kept on {lm.name}", ""]
+    n = args.samples
     base = lm.generate([PROMPT] * n, seed=0, **SAMPLING)
     share = lambda texts: sum(capability.relevance(t) > 0 for t in texts) / len(texts)  # noqa: E731
     lines += ["## Topic steering: share of completions mentioning weddings", "",
@@ -87,10 +92,7 @@ def main() -> None:
     lines += ["", "## General-knowledge A/B accuracy (40 items) under the CAA sentiment vector, block 8", "",
               "| multiplier | accuracy |", "|---:|---:|"] + [f"| {m:+g} | {a:.2f} |" for m, a in acc.items()]
     lines += ["", f"Total {time.time() - t0:.0f} s."]
-    out = Path("benchmarks/results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "capability.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_report("capability", lines)
 
 
 if __name__ == "__main__":

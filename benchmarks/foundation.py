@@ -4,18 +4,18 @@
    assistant turn onward), interleaved repeats, medians and the premium ``t_steered / t_base - 1``;
 2. early-exit capture at layer L of N vs a full forward pass (ratio, expected about L/N).
 
-Run: .venv/bin/python benchmarks/foundation.py [--repeats 7] [--out benchmarks/foundation.json]
+Run: .venv/bin/python benchmarks/foundation.py [--repeats 7]
+Writes benchmarks/results/foundation.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 
 import torch
+from common import save_report
 
 import steerlab
 from steerlab import capture
@@ -72,20 +72,22 @@ def bench_early_exit(lm, repeats: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default="benchmarks/foundation.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     lm = steerlab.load_model()
-    result = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "torch": torch.__version__, "steerlab": steerlab.__version__},
-        "generation_batch1": bench_generation(lm, args.repeats, 1, 48),
-        "generation_batch8": bench_generation(lm, args.repeats, 8, 48),
-        "early_exit": bench_early_exit(lm, args.repeats),
-    }
-    print(json.dumps(result, indent=2))
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
+    gen = [bench_generation(lm, args.repeats, b, 48) for b in (1, 8)]
+    early = bench_early_exit(lm, args.repeats)
+    lines = [f"# Steering overhead and early exit on {lm.name}", "",
+             f"## Greedy generation, 48 new tokens, one vector at block 12 from the assistant turn onward "
+             f"({args.repeats} interleaved repeats, medians)", "",
+             "| batch | unsteered tok/s | steered tok/s | premium |", "|---:|---:|---:|---:|"]
+    lines += [f"| {g['batch']} | {g['unsteered_tok_per_s']:.1f} | {g['steered_tok_per_s']:.1f} | {g['premium']:+.1%} |"
+              for g in gen]
+    lines += ["", f"## Capture at block L of {lm.num_layers}: early exit vs the full pass (16 texts of ~50 tokens)", "",
+              "| L | early exit (s) | full pass (s) | ratio | (L+1)/N |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['layer']} | {r['early_exit_s']:.3f} | {r['full_s']:.3f} | {r['ratio']:.2f} | "
+              f"{r['expected_about']:.2f} |" for r in early]
+    save_report("foundation", lines, {"generation": gen, "early_exit": early})
 
 
 if __name__ == "__main__":

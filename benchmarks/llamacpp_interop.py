@@ -17,6 +17,7 @@ Run: LLAMA_PYTHON=/tmp/llvenv/bin/python .venv/bin/python benchmarks/llamacpp_in
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -25,6 +26,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from common import save_report
 
 import steerlab
 from steerlab import Window, datasets
@@ -72,7 +75,10 @@ print(json.dumps({"plain": run(False), "steered": run(True)}))
 
 
 def main() -> None:
-    python = os.environ.get("LLAMA_PYTHON", "/tmp/llvenv/bin/python")
+    parser = argparse.ArgumentParser(description="An exported control vector in real llama.cpp vs steerlab.")
+    parser.add_argument("--llama-python", default=os.environ.get("LLAMA_PYTHON", "/tmp/llvenv/bin/python"),
+                        help="python of the environment holding llama-cpp-python (default: $LLAMA_PYTHON)")
+    python = parser.parse_args().llama_python
     if not Path(python).exists():
         sys.exit(f"LLAMA_PYTHON={python} not found; see this file's docstring to build llama-cpp-python.")
     lm = steerlab.load_model()
@@ -109,16 +115,12 @@ def main() -> None:
     lines = ["# llama.cpp interop on smollm2-135m", "",
              f"CAA sentiment vector (block {layer}, open answers) exported with `steerlab export` and applied by "
              f"llama.cpp (llama-cpp-python, Q4_1 GGUF) at scale {scale:g} vs steerlab on the dequantised model "
-             "(every position). Command: `LLAMA_PYTHON=/tmp/llvenv/bin/python .venv/bin/python "
-             "benchmarks/llamacpp_interop.py`.", "",
+             "(every position); llama.cpp side run by `LLAMA_PYTHON` (see this script's docstring).", "",
              "| prompt | corr. of logit changes | same, steerlab at block L+1 | corr. of unsteered logits | "
              "same steered top-1 | norm of change (steerlab / llama.cpp) |", "|---|---:|---:|---:|---|---:|"]
     for prompt, corr, wrong, base_corr, same, n1, n2 in rows:
         lines.append(f"| {prompt} | {corr:.3f} | {wrong:.3f} | {base_corr:.4f} | {same} | {n1:.1f} / {n2:.1f} |")
-    out = Path("benchmarks/results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "llamacpp-interop.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_report("llamacpp-interop", lines)
 
 
 if __name__ == "__main__":

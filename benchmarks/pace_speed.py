@@ -9,17 +9,17 @@ the first ``--sk-tokens`` of them. Reports tokens/s for both, the ratio, and the
 objective gap on the tokens both solved.
 
 Run: .venv/bin/python benchmarks/pace_speed.py --dictionary DICT.safetensors [--layer 15]
+Writes benchmarks/results/pace-speed.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import save_report
 
 import steerlab
 from steerlab.capture import capture
@@ -35,7 +35,6 @@ def main() -> None:
     parser.add_argument("--sk-tokens", type=int, default=24)
     parser.add_argument("--gen-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pace-speed.json"))
     args = parser.parse_args()
     from sklearn.linear_model import ElasticNet as SkElasticNet
 
@@ -94,7 +93,6 @@ def main() -> None:
             n = sum(len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in out)
             gen[f"{name} batch {batch}"] = 1000 * statistics.median(times) / max(n, 1)
     report = {
-        "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "dictionary": {"concepts": len(d), "layer": args.layer, "hidden": d.hidden_size},
         "solver": {"tokens": int(Z.shape[0]), "steerlab_tokens_per_s": ours_rate, "tol": cfg.tol,
                    "steerlab_vs_exact": ours_err, "sklearn_tokens": n_sk, "sklearn": sklearn,
@@ -102,18 +100,21 @@ def main() -> None:
         "generation_ms_per_token": gen,
         "pace_vs_unsteered": {b: gen[f"pace batch {b}"] / gen[f"unsteered batch {b}"] for b in (1, 4)},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
     s = report["solver"]
-    print(f"solver: steerlab {ours_rate:.1f} tok/s (objective {ours_err:.1e} above exact), "
-          f"mean nonzeros {s['mean_nonzeros']:.1f}")
-    for tol, r in sklearn.items():
-        print(f"  scikit-learn tol={tol}: {r['tokens_per_s']:.2f} tok/s ({r['vs_exact']:.1e} above exact) -> "
-              f"steerlab {r['speedup']:.1f}x faster")
-    for k, v in gen.items():
-        print(f"generation {k}: {v:.1f} ms/token")
-    print(f"wrote {args.out}")
-
+    lines = [f"# PaCE speed ({lm.name}, {len(d)} concepts, block {args.layer})", "",
+             f"## Elastic net on {s['tokens']} unit-norm token activations (tol {cfg.tol}; scikit-learn per token on "
+             f"the first {n_sk}; objective gap to a float64 solution)", "",
+             "| solver | tokens/s | objective above exact | steerlab speed-up |", "|---|---:|---:|---:|",
+             f"| steerlab (batched) | {ours_rate:.1f} | {ours_err:.1e} | - |"]
+    lines += [f"| scikit-learn ElasticNet, tol {tol} | {r['tokens_per_s']:.2f} | {r['vs_exact']:.1e} | "
+              f"{r['speedup']:.1f}x |" for tol, r in sklearn.items()]
+    lines += ["", f"Mean non-zero coefficients per token: {s['mean_nonzeros']:.1f}.", "",
+              f"## Greedy generation, {args.gen_tokens} new tokens, PaCE (positive-sentiment labels) vs unsteered "
+              f"(median of {args.repeats})", "", "| batch | unsteered ms/token | PaCE ms/token | ratio |",
+              "|---:|---:|---:|---:|"]
+    lines += [f"| {b} | {gen[f'unsteered batch {b}']:.1f} | {gen[f'pace batch {b}']:.1f} | "
+              f"{report['pace_vs_unsteered'][b]:.2f} |" for b in (1, 4)]
+    save_report("pace-speed", lines, report)
 
 if __name__ == "__main__":
     main()

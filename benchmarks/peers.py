@@ -7,20 +7,24 @@
   steerlab's PCA extractor reading the same token, and |cosine|;
 - steered greedy generation tokens/s at batch 1 and 8: unsteered, steerlab, steering-vectors'
   ``apply`` and repeng's ``ControlModel``, each adding one vector at every position of one layer.
+  The four are interleaved within every repeat (in a rotating order), so drift in the machine's
+  speed hits all of them alike.
 
-The peers are test- and benchmark-only: the `make` set-up installs them with --no-deps.
-Run: .venv/bin/python benchmarks/peers.py [--model gemma3-270m] [--pairs 256] [--repeats 3]
+Every library gets one untimed warm-up call on a few pairs before its timed calls. The peers are
+test- and benchmark-only: the `make` set-up installs them with --no-deps.
+Run: .venv/bin/python benchmarks/peers.py [--model gemma3-270m] [--pairs 208] [--repeats 1] [--gen-repeats 7]
+Writes benchmarks/results/peers-<model>.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import numpy
 import torch
+from common import save_report, timed
 
 import steerlab
 from steerlab import datasets
@@ -29,33 +33,20 @@ from steerlab.methods import caa
 
 numpy.float_ = numpy.float64  # repeng 0.4 still uses the NumPy 1 alias
 
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+PROMPTS = ["Tell me about your weekend.", "Describe the town where you live.", "What is a good breakfast?",
+           "Write a sentence about the sea.", "How do plants grow?", "Name three colours.",
+           "What is your favourite book?", "Explain rain to a child."]
 
 
-def main() -> None:
+def _cos(a: torch.Tensor, b) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.float(), torch.as_tensor(b).float(), dim=0))
+
+
+def bench_extraction(lm, pairs, layers_list, batch_size: int, repeats: int) -> tuple[list[dict], dict]:
     import repeng
     import steering_vectors as sv
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--pairs", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    args = parser.parse_args()
-    lm = steerlab.load_model(args.model)
-    n_layers = lm.num_layers
-    one, three = [n_layers * 2 // 5], [n_layers // 5, n_layers * 2 // 5, n_layers * 3 // 5]
-    pairs = datasets.load(Path(args.shared) / "caa" / "sycophancy_generate.json")[: args.pairs]
-    rendered = []
-    index = {}
+    rendered, index = [], {}
     for p in pairs:
         row = []
         for answer in (p.positive, p.negative):
@@ -63,91 +54,138 @@ def main() -> None:
             index[r.text] = idx
             row.append(r.text)
         rendered.append(tuple(row))
-    lines = [f"# steerlab vs peers on {lm.name}", "",
-             f"{len(pairs)} pairs from caa/sycophancy_generate.json, chat-rendered; batch size {args.batch_size}; "
-             f"median of {args.repeats}; torch threads {torch.get_num_threads()}. "
-             f"Command: `.venv/bin/python benchmarks/peers.py{' --model ' + args.model if args.model else ''}"
-             f" --pairs {args.pairs} --repeats {args.repeats}`.", "",
-             "## CAA extraction (mean difference at the answer letter)", "",
-             "| layers | steerlab (s) | steering-vectors (s) | speed-up | cosine |", "|---|---:|---:|---:|---:|"]
-    for layers in (one, three):
-        ours = caa.extract(lm, pairs, layers, batch_size=args.batch_size, progress=False)
-        theirs = sv.train_steering_vector(lm.model, lm.tokenizer, rendered, layers=layers,
-                                          read_token_index=lambda text: index[text], batch_size=args.batch_size)
-        cos = min(float(torch.nn.functional.cosine_similarity(ours.layers[k], theirs.layer_activations[k].float(),
-                                                               dim=0)) for k in layers)
-        t_ours = _median_time(lambda: caa.extract(lm, pairs, layers, batch_size=args.batch_size, progress=False),
-                              args.repeats)
-        t_theirs = _median_time(lambda: sv.train_steering_vector(
-            lm.model, lm.tokenizer, rendered, layers=layers, read_token_index=lambda text: index[text],
-            batch_size=args.batch_size), args.repeats)
-        lines.append(f"| {layers} | {t_ours:.2f} | {t_theirs:.2f} | {t_theirs / t_ours:.1f}x | {cos:.5f} |")
+
+    def ours(layers, n=None):
+        return caa.extract(lm, pairs[:n], layers, batch_size=batch_size, progress=False)
+
+    def theirs(layers, n=None):
+        return sv.train_steering_vector(lm.model, lm.tokenizer, rendered[:n], layers=layers,
+                                        read_token_index=lambda text: index[text], batch_size=batch_size,
+                                        show_progress=False)
+
+    rows = []
+    for layers in layers_list:
+        ours(layers, batch_size), theirs(layers, batch_size)  # warm-up
+        t_ours = [timed(lambda: ours(layers)) for _ in range(repeats)]
+        t_theirs = [timed(lambda: theirs(layers)) for _ in range(repeats)]
+        a, b = t_ours[-1][1], t_theirs[-1][1]
+        cos = min(_cos(a.layers[k], b.layer_activations[k]) for k in layers)
+        s_ours, s_theirs = statistics.median(t for t, _ in t_ours), statistics.median(t for t, _ in t_theirs)
+        rows.append({"layers": layers, "steerlab_s": s_ours, "steering_vectors_s": s_theirs,
+                     "speedup": s_theirs / s_ours, "cosine": cos})
 
     text_pairs = [datasets.ContrastivePair("", a, b) for a, b in rendered]
     entries = [repeng.DatasetEntry(positive=a, negative=b) for a, b in rendered]
-    layer = one[0]
-    ours = caa.extract(lm, text_pairs, layer, method="pca", chat=False, batch_size=args.batch_size, progress=False)
-    theirs = repeng.ControlVector.train(lm.model, lm.tokenizer, entries, hidden_layers=[layer],
-                                        batch_size=args.batch_size)
-    cos = abs(float(torch.nn.functional.cosine_similarity(ours.layers[layer], torch.tensor(
-        theirs.directions[layer]).float(), dim=0)))
-    t_ours = _median_time(lambda: caa.extract(lm, text_pairs, layer, method="pca", chat=False,
-                                              batch_size=args.batch_size, progress=False), args.repeats)
-    t_theirs = _median_time(lambda: repeng.ControlVector.train(lm.model, lm.tokenizer, entries, hidden_layers=[layer],
-                                                               batch_size=args.batch_size), args.repeats)
-    lines += ["", "## PCA extraction (last token)", "", "| layer | steerlab (s) | repeng (s) | speed-up | abs cosine |",
-              "|---|---:|---:|---:|---:|", f"| {layer} | {t_ours:.2f} | {t_theirs:.2f} | {t_theirs / t_ours:.1f}x | "
-              f"{cos:.4f} |"]
+    layer = layers_list[0][0]
 
-    vec = caa.extract(lm, pairs[:64], layer, progress=False)
-    direction = vec.layers[layer]
+    def ours_pca(n=None):
+        return caa.extract(lm, text_pairs[:n], layer, method="pca", chat=False, batch_size=batch_size,
+                           progress=False)
+
+    def theirs_pca(n=None):
+        return repeng.ControlVector.train(lm.model, lm.tokenizer, entries[:n], hidden_layers=[layer],
+                                          batch_size=batch_size)
+
+    ours_pca(batch_size), theirs_pca(batch_size)
+    t_ours = [timed(ours_pca) for _ in range(repeats)]
+    t_theirs = [timed(theirs_pca) for _ in range(repeats)]
+    s_ours, s_theirs = statistics.median(t for t, _ in t_ours), statistics.median(t for t, _ in t_theirs)
+    pca = {"layer": layer, "steerlab_s": s_ours, "repeng_s": s_theirs, "speedup": s_theirs / s_ours,
+           "abs_cosine": abs(_cos(t_ours[-1][1].layers[layer], t_theirs[-1][1].directions[layer]))}
+    return rows, pca
+
+
+def bench_generation(lm, pairs, layer: int, batch: int, repeats: int, new_tokens: int, mult: float) -> dict:
+    import repeng
+    import steering_vectors as sv
+
+    direction = caa.extract(lm, pairs[:64], layer, progress=False).layers[layer]
+    ours_vec = steerlab.SteeringVector({layer: direction}, model_name=lm.name, hidden_size=lm.hidden_size)
     sv_vec = sv.SteeringVector({layer: direction}, "decoder_block")
-    prompts_all = ["Tell me about your weekend.", "Describe the town where you live.", "What is a good breakfast?",
-                   "Write a sentence about the sea.", "How do plants grow?", "Name three colours.",
-                   "What is your favourite book?", "Explain rain to a child."]
-    new_tokens, mult = 32, 4.0
-    lines += ["", f"## Steered greedy generation ({new_tokens} new tokens, one vector at block {layer}, every "
-              "position, multiplier 4)", "", "| batch | unsteered tok/s | steerlab | steering-vectors | repeng | "
-              "steerlab premium |", "|---:|---:|---:|---:|---:|---:|"]
-    for batch in (1, 8):
-        prompts = prompts_all[:batch]
-        enc = lm.prepare(prompts)
-        kwargs = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id,
-                      temperature=None, top_p=None, top_k=None, min_new_tokens=new_tokens)
+    rep_vec = repeng.ControlVector(lm.model.config.model_type, {layer: direction.numpy()})
+    enc = lm.prepare(PROMPTS[:batch])
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
+                  top_p=None, top_k=None, pad_token_id=lm.tokenizer.pad_token_id)
 
-        def plain():
-            lm.model.generate(**enc.model_inputs(), **kwargs)
+    def plain():
+        return lm.model.generate(**enc.model_inputs(), **kwargs)
 
-        def ours_run():
-            with lm.steer(vec.interventions(mult, Window.all()), batch=enc):
-                lm.model.generate(**enc.model_inputs(), **kwargs)
+    def steerlab_run():
+        with lm.steer(ours_vec.interventions(mult, Window.all()), batch=enc):
+            return lm.model.generate(**enc.model_inputs(), **kwargs)
 
-        def sv_run():
-            with sv_vec.apply(lm.model, multiplier=mult):
-                lm.model.generate(**enc.model_inputs(), **kwargs)
+    def sv_run():
+        with sv_vec.apply(lm.model, multiplier=mult):
+            return lm.model.generate(**enc.model_inputs(), **kwargs)
 
-        plain(), ours_run(), sv_run()
-        times = {"plain": [], "ours": [], "sv": []}
-        for _ in range(args.repeats):
-            for name, fn in (("plain", plain), ("ours", ours_run), ("sv", sv_run)):
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
+    def repeng_run():  # wrapping the layers is set-up, like entering the others' context managers
         control = repeng.ControlModel(lm.model, [layer])
-        control.set_control(repeng.ControlVector(lm.model.config.model_type, {layer: direction.numpy()}), mult)
+        control.set_control(rep_vec, mult)
         try:
-            control.generate(**enc.model_inputs(), **kwargs)
-            t_rep = _median_time(lambda: control.generate(**enc.model_inputs(), **kwargs), args.repeats)
+            return control.generate(**enc.model_inputs(), **kwargs)
         finally:
             control.unwrap()
-        tok = new_tokens * batch
-        med = {k: statistics.median(v) for k, v in times.items()}
-        lines.append(f"| {batch} | {tok / med['plain']:.1f} | {tok / med['ours']:.1f} | {tok / med['sv']:.1f} | "
-                     f"{tok / t_rep:.1f} | {med['ours'] / med['plain'] - 1:+.1%} |")
-    out = Path("benchmarks/results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"peers-{lm.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+    runs = {"unsteered": plain, "steerlab": steerlab_run, "steering-vectors": sv_run, "repeng": repeng_run}
+    outputs = {name: fn() for name, fn in runs.items()}  # warm-up, and the texts must agree (below)
+    same = torch.equal(outputs["steerlab"], outputs["steering-vectors"]) and torch.equal(
+        outputs["steerlab"], outputs["repeng"])
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(repeats):
+        for name in names[r % 4:] + names[:r % 4]:
+            times[name].append(timed(runs[name])[0])
+    tokens = new_tokens * batch
+    tok_s = {name: tokens / statistics.median(t) for name, t in times.items()}
+    return {"batch": batch, "new_tokens": new_tokens, "repeats": repeats, "multiplier": mult,
+            "times_s": times, "tok_per_s": tok_s, "same_tokens_as_peers": same,
+            "premium": tok_s["unsteered"] / tok_s["steerlab"] - 1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="built-in model name (default: the embedded SmolLM2)")
+    parser.add_argument("--pairs", type=int, default=208)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=1, help="timed extraction calls per library")
+    parser.add_argument("--gen-repeats", type=int, default=7, help="interleaved generation repeats")
+    parser.add_argument("--parts", nargs="+", choices=("extraction", "generation"),
+                        default=["extraction", "generation"])
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    args = parser.parse_args()
+    lm = steerlab.load_model(args.model)
+    n = lm.num_layers
+    one, three = [n * 2 // 5], [n // 5, n * 2 // 5, n * 3 // 5]
+    pairs = datasets.load(Path(args.shared) / "caa" / "sycophancy_generate.json")[: args.pairs]
+    lines = [f"# steerlab vs peers on {lm.name}", "",
+             f"{len(pairs)} pairs from caa/sycophancy_generate.json, chat-rendered; batch size {args.batch_size}."]
+    data: dict = {"model": lm.name, "pairs": len(pairs), "batch_size": args.batch_size}
+    if "extraction" in args.parts:
+        rows, pca = bench_extraction(lm, pairs, [one, three], args.batch_size, args.repeats)
+        data.update(extraction=rows, pca=pca)
+        lines += ["", f"## CAA extraction (mean difference at the answer letter; median of {args.repeats})", "",
+                  "| layers | steerlab (s) | steering-vectors (s) | speed-up | cosine |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['layers']} | {r['steerlab_s']:.2f} | {r['steering_vectors_s']:.2f} | {r['speedup']:.1f}x "
+                  f"| {r['cosine']:.5f} |" for r in rows]
+        lines += ["", f"## PCA extraction (last token; median of {args.repeats})", "",
+                  "| layer | steerlab (s) | repeng (s) | speed-up | abs cosine |", "|---|---:|---:|---:|---:|",
+                  f"| {pca['layer']} | {pca['steerlab_s']:.2f} | {pca['repeng_s']:.2f} | {pca['speedup']:.1f}x | "
+                  f"{pca['abs_cosine']:.4f} |"]
+    if "generation" in args.parts:
+        gen = [bench_generation(lm, pairs, one[0], b, args.gen_repeats, 32, 4.0) for b in (1, 8)]
+        data["generation"] = gen
+        lines += ["", f"## Steered greedy generation (32 new tokens, one vector at block {one[0]}, every position, "
+                  f"multiplier 4; {args.gen_repeats} interleaved repeats, median tok/s)", "",
+                  "| batch | unsteered | steerlab | steering-vectors | repeng | steerlab vs unsteered | "
+                  "vs steering-vectors | vs repeng | same tokens |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for g in gen:
+            t = g["tok_per_s"]
+            lines.append(f"| {g['batch']} | {t['unsteered']:.1f} | {t['steerlab']:.1f} | {t['steering-vectors']:.1f} "
+                         f"| {t['repeng']:.1f} | {t['steerlab'] / t['unsteered'] - 1:+.1%} | "
+                         f"{t['steerlab'] / t['steering-vectors'] - 1:+.1%} | {t['steerlab'] / t['repeng'] - 1:+.1%} "
+                         f"| {'yes' if g['same_tokens_as_peers'] else 'NO'} |")
+        lines += ["", "Columns 'vs ...' are steerlab's tok/s relative to the other (positive = steerlab faster)."]
+    save_report(f"peers-{lm.name}", lines, data)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ In-process: one process, PyTorch using both cores. Ray: two workers, one core ea
 model once; one task per dataset. On a 2-core machine this measures Ray's overhead (worker start-up,
 model loads, one thread per worker), not a speed-up; on a cluster the same tasks spread over nodes.
 
-Run: .venv/bin/python benchmarks/ray_reliability.py [--train 16 --test 12]
+Run: .venv/bin/python benchmarks/ray_reliability.py [--limit 12]
+Writes benchmarks/results/ray-reliability.md and .json.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+from common import save_report
 
 from steerlab.cli import main as cli
 
@@ -48,11 +51,11 @@ def main() -> None:
     same = max(diffs)
     report = {"datasets": len(DATASETS), "limit": args.limit, "in_process_s": local, "ray_2_workers_s": remote,
               "ratio_ray_over_in_process": remote / local, "max_slope_difference": same}
-    path = Path(__file__).parent / "results" / "ray-reliability.json"
-    path.write_text(json.dumps(report, indent=2))
-    print(f"in-process {local:.0f} s, Ray with 2 workers {remote:.0f} s (x{remote / local:.2f}); "
-          f"largest per-item slope difference {same:.1e}; wrote {path}")
-
+    lines = ["# Reliability over 8 datasets: in-process vs local Ray (2 workers)", "",
+             f"{len(DATASETS)} datasets, {args.limit} train and test pairs each, block 12, scale 4, one task per "
+             "dataset.", "", "| in-process (s) | Ray, 2 workers (s) | Ray / in-process | largest slope difference |",
+             "|---:|---:|---:|---:|", f"| {local:.0f} | {remote:.0f} | {remote / local:.2f} | {same:.1e} |"]
+    save_report("ray-reliability", lines, report)
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from common import save_report
+
 import steerlab
 from steerlab import datasets
 from steerlab.evaluate.generalisation import generalisation, spearman
@@ -98,16 +100,7 @@ def main() -> None:
     lines = [f"# Reliability on {lm.name} (layer {layer} of {lm.num_layers}, multipliers "
              f"{{-1.5..1.5}} x {args.scale:g})", "",
              f"{args.train} training pairs, {args.test} test items per dataset (first half trains, second half "
-             f"tests; CAA sycophancy: generate file trains, test file tests). Total {time.time() - t_all:.0f} s. "
-             "Command: `.venv/bin/python benchmarks/reliability_runs.py"
-             + (f" --model {args.model}" if args.model else "") + (f" --dtype {args.dtype}" if args.dtype != "auto"
-                                                                     else "")
-             + (f" --layer-fraction {args.layer_fraction:g}" if args.layer_fraction != 0.4 else "")
-             + (f" --scale {args.scale:g}" if args.scale != 4.0 else "")
-             + (f" --train {args.train} --test {args.test}" if (args.train, args.test) != (64, 40) else "")
-             + (f" --datasets {args.datasets}" if args.datasets else "")
-             + (" --no-generalisation" if args.no_generalisation else "")
-             + (f" --out {args.out}" if args.out != "benchmarks/results" else "") + "`.", "",
+             f"tests; CAA sycophancy: generate file trains, test file tests). Total {time.time() - t_all:.0f} s.", "",
              "| dataset | p(match) unsteered | mean slope | median | variance | anti-steerable | line R^2 | "
              "R^2 by A | R^2 by Yes | ID | OOD (user-) | relative |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -124,8 +117,7 @@ def main() -> None:
         lines += ["", f"Spearman correlation of ID and OOD (user-) steerability across datasets: "
                   f"{spearman(ids, oods):+.2f}."]
     suffix = "" if args.datasets is None else "-subset"
-    (out / f"reliability-{lm.name}{suffix}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_report(f"reliability-{lm.name}{suffix}", lines, out_dir=out)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,18 @@ by all 7 x 2 (multiplier, answer) rows; (b) one full forward pass per multiplier
 both answers. Reports medians, the speed-up, and the largest difference between the two results.
 
 Run: .venv/bin/python benchmarks/scoring_speed.py [--items 24] [--repeats 3]
+Writes benchmarks/results/scoring-speed.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import save_report
 
 import steerlab
 from steerlab import datasets
@@ -58,7 +59,13 @@ def main() -> None:
               "prefix_sharing_s": statistics.median(shared_t), "loop_s": statistics.median(loop_t),
               "speedup": statistics.median(loop_t) / statistics.median(shared_t),
               "max_abs_logprob_difference": float((a - b).abs().max())}
-    print(json.dumps(result, indent=2))
+    lines = [f"# Prefix sharing vs the plain loop ({lm.name})", "",
+             f"{len(test)} sycophancy test items x {len(MULTIPLIERS)} multipliers x 2 answers, block {layer}; "
+             f"median of {args.repeats}.", "",
+             "| prefix sharing (s) | loop (s) | speed-up | largest log-prob difference |",
+             "|---:|---:|---:|---:|", f"| {result['prefix_sharing_s']:.1f} | {result['loop_s']:.1f} | "
+             f"{result['speedup']:.1f}x | {result['max_abs_logprob_difference']:.1e} |"]
+    save_report("scoring-speed", lines, result)
 
 
 if __name__ == "__main__":

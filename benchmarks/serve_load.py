@@ -8,19 +8,19 @@ chat prompt, greedy, ``--tokens`` new tokens; steered requests carry a CAA senti
 so the error rate must be 0.
 
 Run: .venv/bin/python benchmarks/serve_load.py [--tokens 32] [--requests-per-client 4]
+Writes benchmarks/results/serve-load.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import httpx
+from common import save_report
 
 import steerlab
 from steerlab import datasets
@@ -60,7 +60,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--requests-per-client", type=int, default=4)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve-load.json"))
     args = parser.parse_args()
     lm = steerlab.load_model()
     vec = caa.extract(lm, datasets.to_open_answers(datasets.builtin("sentiment"))[:32], [8], progress=False)
@@ -88,10 +87,14 @@ def main() -> None:
         driver.start()
         app.state.engine.run_forever()
         driver.join()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"tokens": args.tokens, "rows": rows, "server": health}, indent=2))
-    print(f"largest batch formed: {health['max_batch_seen']}; wrote {args.out}")
-
+    lines = [f"# Load on the steered server ({lm.name})", "",
+             f"Greedy chat requests of {args.tokens} new tokens on loopback; steered = CAA sentiment vector at "
+             f"block 8, multiplier 4. Largest batch formed: {health['max_batch_seen']}.", "",
+             "| clients | steering | req/s | tok/s | p50 (s) | p95 (s) | errors |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['clients']} | {'steered' if r['steered'] else 'unsteered'} | {r['requests_per_s']:.2f} | "
+              f"{r['tokens_per_s']:.1f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['error_rate']:.0%} |" for r in rows]
+    save_report("serve-load", lines, {"tokens": args.tokens, "rows": rows, "server": health})
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
+from common import save_report
+
 import steerlab
 from steerlab import datasets
 from steerlab.evaluate.sweep import layer_sweep
@@ -34,8 +36,7 @@ def main() -> None:
     out = Path(args.out)
     lines = [f"# Layer sweeps on {lm.name}", "",
              f"CAA mean-difference vectors from {args.train} training pairs, p(matching) on {args.test} held-out "
-             "pairs (whole-answer log-probabilities), multipliers -8/-2/+2/+8. Command: "
-             "`.venv/bin/python benchmarks/sweeps.py`.", ""]
+             "pairs (whole-answer log-probabilities), multipliers -8/-2/+2/+8.", ""]
     for label, source in sources.items():
         for form in ("letters", "open"):
             pairs = datasets.load(source)
@@ -51,7 +52,7 @@ def main() -> None:
                       f"Unsteered p(matching) = {result.baseline:.3f}. Recommended layer {result.recommended_layer}: "
                       f"{result.how_chosen}.", "", result.table(), "", f"![{name}]({name}.png)", ""]
             print("\n".join(lines[-7:]), flush=True)
-    (out / "sweeps.md").write_text("\n".join(lines))
+    save_report("sweeps" if args.model is None else f"sweeps-{lm.name}", lines, out_dir=out)
 
 
 if __name__ == "__main__":

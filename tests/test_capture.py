@@ -5,6 +5,7 @@ import torch
 from tiny import FAMILIES, tiny_model
 
 from steerlab import capture
+from steerlab.capture import capture_contrast
 
 PROMPTS = ["The quick brown fox", "I love sunny days and I hate the rain.", "Paris", "Choices: (A) yes (B) no."]
 
@@ -79,3 +80,30 @@ def test_position_specs():
     torch.testing.assert_close(masked, full[idx], atol=1e-5, rtol=1e-5)
     with pytest.raises(IndexError):
         capture(lm, PROMPTS, 2, positions=50)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_contrast_with_shared_prefix_equals_full_sequences(family):
+    """capture_contrast (prefix once, both continuations from its cache) == capture on full rows."""
+    lm = tiny_model(family)
+    tok = lambda text: lm.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    first, second, r1, r2 = [], [], [], []
+    for i, prompt in enumerate(PROMPTS + ["Pick one of these at last: (A) love or (B) hate."]):
+        a, b = tok(prompt + " answer (A) yes"), tok(prompt + " answer (B) no, not that one")
+        first.append(a), second.append(b)
+        r1.append(len(a) - 1 - i % 2), r2.append(len(b) - 1)
+    first.append(tok("Rain")), second.append(tok("Sun today")), r1.append(0), r2.append(1)  # nothing shared
+    ours = capture_contrast(lm, first, second, r1, r2, [1, 3], batch_size=2)
+    full = capture(lm, first + second, [1, 3], positions=r1 + r2, batch_size=3)
+    n = len(first)
+    for layer in (1, 3):
+        torch.testing.assert_close(ours[0][layer], full[layer][:n], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours[1][layer], full[layer][n:], atol=1e-4, rtol=1e-4)
+
+
+def test_contrast_refuses_bad_read_positions():
+    lm = tiny_model("llama")
+    with pytest.raises(IndexError, match="outside second sequence 0"):
+        capture_contrast(lm, [[1, 2, 3]], [[1, 2]], [2], [5], 1)
+    with pytest.raises(ValueError, match="same positive number"):
+        capture_contrast(lm, [[1, 2, 3]], [], [2], [], 1)

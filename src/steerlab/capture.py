@@ -8,6 +8,7 @@ from typing import Union
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from .tokens import PromptBatch, Rendered, pad_ids, tokenize_with_offsets
 
@@ -65,6 +66,37 @@ def _token_rows(lm, inputs, chat: bool) -> list[list[int]]:
     return [tokenize_with_offsets(lm.tokenizer, r.text)[0] for r in rendered]
 
 
+def _forward_reading(lm, layers: list[int], site: str, model_inputs: dict, rows: torch.Tensor, cols: torch.Tensor,
+                     early_exit: bool, out_dtype: torch.dtype) -> dict[int, torch.Tensor]:
+    """One forward pass of ``lm.model(**model_inputs)``; returns ``{layer: hidden[rows, cols]}`` on
+    the CPU, ending the pass after the deepest layer when ``early_exit``."""
+    deepest = max(layers)
+    picked: dict[int, torch.Tensor] = {}
+
+    def grab(layer: int, hidden: torch.Tensor) -> None:
+        picked[layer] = hidden[rows.to(hidden.device), cols.to(hidden.device)].to("cpu", out_dtype)
+        if early_exit and layer == deepest:
+            raise _StopForward
+
+    handles = []
+    for layer in layers:
+        block = lm.blocks[layer]
+        if site == "output":
+            handles.append(block.register_forward_hook(
+                lambda m, a, o, layer=layer: grab(layer, o if isinstance(o, torch.Tensor) else o[0])))
+        else:
+            handles.append(block.register_forward_pre_hook(
+                lambda m, a, k, layer=layer: grab(layer, a[0] if a else k["hidden_states"]), with_kwargs=True))
+    try:
+        lm.model(**model_inputs)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return picked
+
+
 @torch.no_grad()
 def capture(
     lm,
@@ -99,7 +131,6 @@ def capture(
         raise ValueError(f"site must be 'output' or 'input', not {site!r}.")
     rows = _token_rows(lm, inputs, chat)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i])) if sort_by_length else list(range(len(rows)))
-    deepest = layer_list[-1]
     results: dict[int, list[tuple[int, torch.Tensor]]] = {layer: [] for layer in layer_list}
     chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     show = progress if progress is not None else len(chunks) > 4
@@ -114,31 +145,13 @@ def capture(
             dtype=torch.long,
         )
 
-        def grab(layer: int, hidden: torch.Tensor) -> None:
-            picked = hidden[row_idx.to(hidden.device), col_idx.to(hidden.device)].to("cpu", out_dtype)
+        picked = _forward_reading(lm, layer_list, site, lm.forward_inputs(ids, mask), row_idx, col_idx, early_exit,
+                                  out_dtype)
+        for layer, values in picked.items():
             start = 0
             for b, ps in enumerate(keep):
-                results[layer].append((chunk[b], picked[start: start + len(ps)]))
+                results[layer].append((chunk[b], values[start: start + len(ps)]))
                 start += len(ps)
-            if early_exit and layer == deepest:
-                raise _StopForward
-
-        handles = []
-        for layer in layer_list:
-            block = lm.blocks[layer]
-            if site == "output":
-                handles.append(block.register_forward_hook(
-                    lambda m, a, o, layer=layer: grab(layer, o if isinstance(o, torch.Tensor) else o[0])))
-            else:
-                handles.append(block.register_forward_pre_hook(
-                    lambda m, a, k, layer=layer: grab(layer, a[0] if a else k["hidden_states"]), with_kwargs=True))
-        try:
-            lm.model(**lm.forward_inputs(ids, mask))
-        except _StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
     out = {}
     single = all(len(t) == 1 for _, t in results[layer_list[0]]) and not (
         isinstance(positions, str) and positions == "all")
@@ -148,4 +161,71 @@ def capture(
         out[layer] = torch.cat(tensors, 0) if tensors else torch.empty(0, lm.hidden_size)
         if single:
             out[layer] = out[layer].reshape(len(rows), -1)
+    return out
+
+
+def shared_prefix_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit``."""
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def capture_contrast(lm, first: Sequence[Sequence[int]], second: Sequence[Sequence[int]], read_first: Sequence[int],
+                     read_second: Sequence[int], layers: int | Sequence[int], *, batch_size: int = 16,
+                     out_dtype: torch.dtype = torch.float32, progress: bool | None = None
+                     ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Block outputs at one position of each of two token sequences per item, ``({layer: [N, d]}, ...)``.
+
+    The two sequences of a contrastive item (e.g. a question answered "(A" and answered "(B") share
+    everything before the answer. Here each item's shared prefix (the common leading tokens before
+    either read position) runs once, ``batch_size`` items at a time, and its KV cache is reused by
+    both continuations, which run together as 2 x ``batch_size`` short rows; both passes stop after
+    the deepest layer. The result equals :func:`capture` on the full sequences (to float rounding)
+    at about half the work when the prefixes are long. Items whose sequences share no token run
+    through :func:`capture` unchanged.
+    """
+    layer_list = sorted({lm.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)})
+    n = len(first)
+    if not (len(second) == len(read_first) == len(read_second) == n) or n == 0:
+        raise ValueError("capture_contrast needs the same positive number of sequences and of read positions "
+                         "on each side.")
+    for side, rows, reads in (("first", first, read_first), ("second", second, read_second)):
+        for i, (row, r) in enumerate(zip(rows, reads)):
+            if not 0 <= r < len(row):
+                raise IndexError(f"Read position {r} is outside {side} sequence {i}, which has {len(row)} tokens.")
+    shared = [shared_prefix_length(a, b, min(ra, rb)) for a, b, ra, rb in zip(first, second, read_first, read_second)]
+    out = tuple({k: torch.empty(n, lm.hidden_size, dtype=out_dtype) for k in layer_list} for _ in range(2))
+    alone = [i for i in range(n) if shared[i] == 0]
+    if alone:
+        acts = capture(lm, [first[i] for i in alone] + [second[i] for i in alone], layer_list,
+                       positions=[read_first[i] for i in alone] + [read_second[i] for i in alone],
+                       batch_size=batch_size, out_dtype=out_dtype, progress=False)
+        for k, v in acts.items():
+            out[0][k][alone], out[1][k][alone] = v[: len(alone)], v[len(alone):]
+    order = sorted((i for i in range(n) if shared[i] > 0), key=lambda i: -shared[i])
+    chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    show = progress if progress is not None else len(chunks) > 4
+    pad = lm.tokenizer.pad_token_id
+    for chunk in tqdm(chunks, desc="capture", disable=not show, leave=False):
+        ids, mask = pad_ids([first[i][: shared[i]] for i in chunk], pad, "left", lm.device)
+        cache = DynamicCache(config=lm.model.config)
+        inputs = lm.forward_inputs(ids, mask)
+        _forward_reading(lm, layer_list, "output", {**inputs, "use_cache": True, "past_key_values": cache},
+                         torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), True, out_dtype)
+        cache.batch_repeat_interleave(2)
+        rows = [seq[shared[i]:] for i in chunk for seq in (first[i], second[i])]
+        reads = [r - shared[i] for i in chunk for r in (read_first[i], read_second[i])]
+        suffix, suffix_mask = pad_ids(rows, pad, "right", lm.device)
+        full_mask = torch.cat([mask.repeat_interleave(2, 0), suffix_mask], 1)
+        step = {"input_ids": suffix, "attention_mask": full_mask, "past_key_values": cache, "use_cache": True}
+        if lm._accepts_position_ids:
+            step["position_ids"] = (full_mask.cumsum(-1) - 1)[:, ids.shape[1]:]
+        picked = _forward_reading(lm, layer_list, "output", step, torch.arange(len(rows)), torch.tensor(reads), True,
+                                  out_dtype)
+        index = torch.tensor(chunk)
+        for k, v in picked.items():
+            out[0][k][index], out[1][k][index] = v[0::2], v[1::2]
     return out

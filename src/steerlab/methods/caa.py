@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..capture import capture
+from ..capture import capture, capture_contrast
 from ..datasets import ContrastivePair, fingerprint, read_char
 from ..tokens import Rendered, char_to_token, tokenize_with_offsets
 from ..vector import SteeringVector
@@ -36,9 +36,14 @@ def render_answer(lm, pair: ContrastivePair, answer: str, *, chat: bool, system:
 
 
 def differences(lm, pairs: Sequence[ContrastivePair], layers: Sequence[int], *, chat: bool = True,
-                system: str | None = None, batch_size: int = 16, progress: bool | None = None
-                ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """Positive and negative activations ``{layer: [N, d]}`` at the answer token, in one batched pass."""
+                system: str | None = None, batch_size: int = 16, share_prefix: bool = True,
+                progress: bool | None = None) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Positive and negative activations ``{layer: [N, d]}`` at the answer token.
+
+    With ``share_prefix`` (default) each item's question runs once and both answers continue from
+    its KV cache (:func:`~steerlab.capture.capture_contrast`); otherwise all 2N renderings run in
+    full, batched. Both stop after the deepest layer and agree to float rounding.
+    """
     if not pairs:
         raise ValueError("CAA needs at least one contrastive pair.")
     rendered, positions = [], []
@@ -47,9 +52,13 @@ def differences(lm, pairs: Sequence[ContrastivePair], layers: Sequence[int], *, 
             r, idx = render_answer(lm, pair, answer_of(pair), chat=chat, system=system)
             rendered.append(r)
             positions.append(idx)
-    acts = capture(lm, rendered, layers, positions=positions, batch_size=batch_size,
-                   progress=True if progress is None else progress)
     n = len(pairs)
+    show = True if progress is None else progress
+    if share_prefix:
+        ids = [tokenize_with_offsets(lm.tokenizer, r.text)[0] for r in rendered]
+        return capture_contrast(lm, ids[:n], ids[n:], positions[:n], positions[n:], layers, batch_size=batch_size,
+                                progress=show)
+    acts = capture(lm, rendered, layers, positions=positions, batch_size=batch_size, progress=show)
     return {k: v[:n] for k, v in acts.items()}, {k: v[n:] for k, v in acts.items()}
 
 
@@ -100,14 +109,14 @@ def direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean") -> tor
 
 @torch.no_grad()
 def extract(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *, method: str = "mean",
-            chat: bool = True, system: str | None = None, batch_size: int = 16,
+            chat: bool = True, system: str | None = None, batch_size: int = 16, share_prefix: bool = True,
             progress: bool | None = None) -> SteeringVector:
     """A CAA steering vector at each of ``layers`` (block outputs), from contrastive pairs."""
     layer_list = sorted({lm.check_layer(k) for k in ([layers] if isinstance(layers, int) else layers)})
     if method not in METHODS:
         raise ValueError(f"Unknown CAA method {method!r}; expected one of {METHODS}.")
     pos, neg = differences(lm, pairs, layer_list, chat=chat, system=system, batch_size=batch_size,
-                           progress=progress)
+                           share_prefix=share_prefix, progress=progress)
     vectors = {k: direction(pos[k], neg[k], method) for k in layer_list}
     return SteeringVector(
         vectors, model_name=lm.name, hidden_size=lm.hidden_size, method=f"caa-{method}", site="output",

@@ -1,0 +1,121 @@
+"""What every benchmark script shares: timing, the machine stamp, and writing its report.
+
+A report is ``benchmarks/results/<stem>.md`` (what a person reads, ending with the command that
+produced it) and, when there are numbers to keep, ``<stem>.json`` (what ``run_all.py`` and later
+comparisons read). Both carry the machine, the library versions and the git commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PACKAGES = ("torch", "transformers", "steerlab", "steering-vectors", "repeng", "scikit-learn", "ray",
+            "llama_cpp_python")
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - t, value
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    return statistics.median(timed(fn)[0] for _ in range(repeats))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict:
+    """CPU, cores, memory, OS, Python, package versions, torch threads and GPU (if any)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    info = {"cpu": _cpu_model(), "logical_cores": os.cpu_count(), "memory_gib": _memory_gib(),
+            "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
+            "commit": _commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return info
+
+
+def command_line() -> str:
+    """The command that is running, as a reader would retype it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:
+        pass
+    return " ".join([".venv/bin/python", str(script), *map(shlex.quote, sys.argv[1:])])
+
+
+def machine_line(info: dict) -> str:
+    v = info["versions"]
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
+    return (f"{info['cpu']} ({info['logical_cores']} logical cores, torch threads {info.get('torch_threads')}, "
+            f"{info['memory_gib']} GiB{gpu}); Python {info['python']}, torch {v.get('torch')}, transformers "
+            f"{v.get('transformers')}; commit {info['commit']}; {info['date']}.")
+
+
+def save_report(stem: str, lines: list[str], data: dict | None = None, out_dir: Path | str = RESULTS) -> Path:
+    """Write ``<out_dir>/<stem>.md`` (``lines`` + machine and command) and ``<stem>.json`` when given."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    cmd = command_line()
+    text = "\n".join([*lines, "", f"Command: `{cmd}`", "", f"Machine: {machine_line(info)}", ""])
+    path = out_dir / f"{stem}.md"
+    path.write_text(text)
+    if data is not None:
+        (out_dir / f"{stem}.json").write_text(json.dumps({"command": cmd, "machine": info, **data}, indent=2) + "\n")
+    print(text)
+    return path
