@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy
 import torch
-from common import save_report, timed
+from common import paired_change, save_report, timed
 
 import steerlab
 from steerlab import datasets
@@ -184,7 +184,14 @@ def main() -> None:
                          f"| {t['repeng']:.1f} | {t['steerlab'] / t['unsteered'] - 1:+.1%} | "
                          f"{t['steerlab'] / t['steering-vectors'] - 1:+.1%} | {t['steerlab'] / t['repeng'] - 1:+.1%} "
                          f"| {'yes' if g['same_tokens_as_peers'] else 'NO'} |")
-        lines += ["", "Columns 'vs ...' are steerlab's tok/s relative to the other (positive = steerlab faster)."]
+        lines += ["", "Columns 'vs ...' are steerlab's tok/s relative to the other (positive = steerlab faster).", "",
+                  "Paired per repeat (steerlab's time / the other's time in the same repeat - 1; median [min, max]; "
+                  "negative = steerlab faster):", ""]
+        for g in gen:
+            t = g["times_s"]
+            cells = [f"{peer} {m:+.1%} [{lo:+.1%}, {hi:+.1%}]" for peer in ("unsteered", "steering-vectors", "repeng")
+                     for m, lo, hi in [paired_change(t["steerlab"], t[peer])]]
+            lines.append(f"- batch {g['batch']}: " + "; ".join(cells))
     save_report(f"peers-{lm.name}", lines, data)
 
 

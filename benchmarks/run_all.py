@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import RESULTS, ROOT, machine, machine_line
+from common import RESULTS, ROOT, machine, machine_line, paired_change
 
 PAGE = ROOT / "benchmarks" / "RESULTS.md"
 RUNS = RESULTS / "runs.json"
@@ -141,11 +141,12 @@ def headlines() -> list[str]:
             out.append(f"| PCA extraction, block {r['layer']} ({model}) | repeng | {r['steerlab_s']:.1f} s vs "
                        f"{r['repeng_s']:.1f} s | **{r['speedup']:.1f}x** faster; abs cosine {r['abs_cosine']:.4f} |")
         for g in p.get("generation", []):
-            t = g["tok_per_s"]
-            out.append(f"| steered generation, batch {g['batch']} ({model}) | unsteered / steering-vectors / repeng "
-                       f"| {t['steerlab']:.1f} vs {t['unsteered']:.1f} / {t['steering-vectors']:.1f} / "
-                       f"{t['repeng']:.1f} tok/s | {t['steerlab'] / t['unsteered'] - 1:+.1%} / "
-                       f"{t['steerlab'] / t['steering-vectors'] - 1:+.1%} / {t['steerlab'] / t['repeng'] - 1:+.1%} |")
+            t, times = g["tok_per_s"], g["times_s"]
+            paired = " / ".join("{:+.1%} [{:+.1%}, {:+.1%}]".format(*paired_change(times["steerlab"], times[peer]))
+                                for peer in ("unsteered", "steering-vectors", "repeng"))
+            out.append(f"| steered generation time, batch {g['batch']} ({model}; paired per repeat, median [min, max] "
+                       f"of {g['repeats']}) | unsteered / steering-vectors / repeng | {t['steerlab']:.1f} vs "
+                       f"{t['unsteered']:.1f} / {t['steering-vectors']:.1f} / {t['repeng']:.1f} tok/s | {paired} |")
     f = _json("foundation")
     for g in (f or {}).get("generation", []):
         out.append(f"| steered generation, batch {g['batch']}, assistant window (smollm2-135m) | unsteered | "
@@ -167,7 +168,9 @@ def headlines() -> list[str]:
                    f"{ray['ray_2_workers_s']:.0f} s vs {ray['in_process_s']:.0f} s | "
                    f"x{ray['ratio_ray_over_in_process']:.2f} time |")
     if out:
-        out = ["| measurement | against | figures | steerlab |", "|---|---|---|---|", *out]
+        out = ["| measurement | against | figures | steerlab |", "|---|---|---|---|", *out, "",
+               "Generation-time rows: steerlab's time over the other's time in the same repeat, minus 1 "
+               "(negative = steerlab faster); extraction rows: one timed call per library after an untimed warm-up."]
     return out
 
 
