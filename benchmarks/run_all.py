@@ -125,52 +125,57 @@ def _json(stem: str) -> dict | None:
         return None
 
 
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def headlines() -> list[str]:
-    """One line per headline ratio, read from the benchmarks' JSON files."""
+    """One table row per headline ratio, read from the benchmarks' JSON files."""
     out = []
     for model in ("smollm2-135m", "gemma3-270m"):
         p = _json(f"peers-{model}")
         if not p:
             continue
-        for row in p.get("extraction", []):
-            out.append(f"| CAA extraction, {p['pairs']} pairs, blocks {row['layers']} ({model}) | steering-vectors | "
-                       f"{row['steerlab_s']:.1f} s vs {row['steering_vectors_s']:.1f} s | **{row['speedup']:.1f}x** "
-                       f"faster; cosine {row['cosine']:.5f} |")
+        for r in p.get("extraction", []):
+            out.append(_row(f"CAA extraction, {p['pairs']} pairs, blocks {r['layers']} ({model})", "steering-vectors",
+                            f"{r['steerlab_s']:.1f} s vs {r['steering_vectors_s']:.1f} s",
+                            f"**{r['speedup']:.1f}x** faster; cosine {r['cosine']:.5f}"))
         if "pca" in p:
             r = p["pca"]
-            out.append(f"| PCA extraction, block {r['layer']} ({model}) | repeng | {r['steerlab_s']:.1f} s vs "
-                       f"{r['repeng_s']:.1f} s | **{r['speedup']:.1f}x** faster; abs cosine {r['abs_cosine']:.4f} |")
+            out.append(_row(f"PCA extraction, block {r['layer']} ({model})", "repeng",
+                            f"{r['steerlab_s']:.1f} s vs {r['repeng_s']:.1f} s",
+                            f"**{r['speedup']:.1f}x** faster; abs cosine {r['abs_cosine']:.4f}"))
         for g in p.get("generation", []):
             t, times = g["tok_per_s"], g["times_s"]
+            peers = ("unsteered", "steering-vectors", "repeng")
             paired = " / ".join("{:+.1%} [{:+.1%}, {:+.1%}]".format(*paired_change(times["steerlab"], times[peer]))
-                                for peer in ("unsteered", "steering-vectors", "repeng"))
-            out.append(f"| steered generation time, batch {g['batch']} ({model}; paired per repeat, median [min, max] "
-                       f"of {g['repeats']}) | unsteered / steering-vectors / repeng | {t['steerlab']:.1f} vs "
-                       f"{t['unsteered']:.1f} / {t['steering-vectors']:.1f} / {t['repeng']:.1f} tok/s | {paired} |")
-    f = _json("foundation")
-    for g in (f or {}).get("generation", []):
-        out.append(f"| steered generation, batch {g['batch']}, assistant window (smollm2-135m) | unsteered | "
-                   f"{g['steered_tok_per_s']:.1f} vs {g['unsteered_tok_per_s']:.1f} tok/s | "
-                   f"{-g['premium'] / (1 + g['premium']):+.1%} |")
+                                for peer in peers)
+            out.append(_row(f"steered generation, batch {g['batch']} ({model}; {g['repeats']} interleaved repeats)",
+                            " / ".join(peers), f"{t['steerlab']:.1f} vs " + " / ".join(f"{t[k]:.1f}" for k in peers)
+                            + " tok/s", f"time {paired}"))
+    for g in (_json("foundation") or {}).get("generation", []):
+        out.append(_row(f"steered generation, batch {g['batch']}, assistant window (smollm2-135m)", "unsteered",
+                        f"{g['steered_tok_per_s']:.1f} vs {g['unsteered_tok_per_s']:.1f} tok/s",
+                        f"time {g['premium']:+.1%}"))
     s = _json("scoring-speed")
     if s:
-        out.append(f"| multiplier sweep scoring ({s['items']} items x {s['multipliers']}) | plain loop | "
-                   f"{s['prefix_sharing_s']:.1f} s vs {s['loop_s']:.1f} s | **{s['speedup']:.1f}x** faster |")
+        out.append(_row(f"multiplier sweep scoring ({s['items']} items x {s['multipliers']})", "plain loop",
+                        f"{s['prefix_sharing_s']:.1f} s vs {s['loop_s']:.1f} s", f"**{s['speedup']:.1f}x** faster"))
     pace = _json("pace-speed")
-    if pace:
-        for tol, r in pace["solver"]["sklearn"].items():
-            out.append(f"| elastic net per token ({pace['dictionary']['concepts']} atoms) | scikit-learn tol {tol} | "
-                       f"{pace['solver']['steerlab_tokens_per_s']:.0f} vs {r['tokens_per_s']:.1f} tok/s | "
-                       f"**{r['speedup']:.1f}x** faster |")
+    for tol, r in (pace or {}).get("solver", {}).get("sklearn", {}).items():
+        out.append(_row(f"elastic net per token ({pace['dictionary']['concepts']} atoms)", f"scikit-learn tol {tol}",
+                        f"{pace['solver']['steerlab_tokens_per_s']:.0f} vs {r['tokens_per_s']:.1f} tok/s",
+                        f"**{r['speedup']:.1f}x** faster"))
     ray = _json("ray-reliability")
     if ray:
-        out.append(f"| reliability, {ray['datasets']} datasets | in-process | Ray 2 workers "
-                   f"{ray['ray_2_workers_s']:.0f} s vs {ray['in_process_s']:.0f} s | "
-                   f"x{ray['ratio_ray_over_in_process']:.2f} time |")
+        out.append(_row(f"reliability, {ray['datasets']} datasets", "in-process",
+                        f"Ray 2 workers {ray['ray_2_workers_s']:.0f} s vs {ray['in_process_s']:.0f} s",
+                        f"time x{ray['ratio_ray_over_in_process']:.2f}"))
     if out:
-        out = ["| measurement | against | figures | steerlab |", "|---|---|---|---|", *out, "",
-               "Generation-time rows: steerlab's time over the other's time in the same repeat, minus 1 "
-               "(negative = steerlab faster); extraction rows: one timed call per library after an untimed warm-up."]
+        out = [_row("measurement", "against", "figures", "steerlab"), "|---|---|---|---|", *out, "",
+               "'time' cells: steerlab's time over the other's, minus 1 (negative = steerlab faster); for the peers "
+               "paired within each repeat, median [min, max]. Extraction rows: one timed call per library after an "
+               "untimed warm-up."]
     return out
 
 
