@@ -43,3 +43,15 @@ def test_steerlab_commands_in_the_runner_exist():
         if b.argv[0] == "steerlab":
             args = parser.parse_args(b.argv[1:])  # exits (a failure here) on an unknown option
             assert args.out
+
+
+def test_library_never_imports_the_peers():
+    """steering-vectors and repeng are for tests and benchmarks only: importing every steerlab module
+    (server, PaCE, distributed included) must not pull them in."""
+    code = ("import pkgutil, importlib, sys, steerlab\n"
+            "for m in pkgutil.walk_packages(steerlab.__path__, 'steerlab.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('steering_vectors', 'repeng')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
