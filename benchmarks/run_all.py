@@ -52,6 +52,7 @@ class Bench:
         return " ".join([head, *self.argv[1:]])
 
 
+EVAL_METHODS = ["unsteered", "pace", "pace-positive", "orthogonal", "subtraction"]
 LLAMA_PYTHON = os.environ.get("LLAMA_PYTHON", "/tmp/llvenv/bin/python")
 BENCHMARKS = [
     Bench("foundation", ["foundation.py", "--repeats", "5"], ["foundation"], 4,
@@ -76,11 +77,14 @@ BENCHMARKS = [
                          "--repeats", "3", "--sk-tokens", "24", "--tokens", "512"], ["pace-speed"], 6,
           "batched elastic net vs scikit-learn; PaCE generation cost", [str(DICTIONARY)]),
     Bench("pace-eval-detox", ["steerlab", "pace", "eval", "--dictionary", str(DICTIONARY.relative_to(ROOT)),
-                              "--task", "detox", "--layers", "15", "--out", "benchmarks/results/pace"],
-          ["pace/pace-detox"], 12, "PaCE vs projection and subtraction, detox", [str(DICTIONARY)]),
+                              "--task", "detox", "--layers", "15", "--methods", *EVAL_METHODS, "--out",
+                              "benchmarks/results/pace"],
+          ["pace/pace-detox"], 3, "PaCE (all / positive components) vs projection and subtraction, detox",
+          [str(DICTIONARY)]),
     Bench("pace-eval-sentiment", ["steerlab", "pace", "eval", "--dictionary", str(DICTIONARY.relative_to(ROOT)),
-                                  "--task", "positive-sentiment", "--layers", "15", "--out", "benchmarks/results/pace"],
-          ["pace/pace-positive-sentiment"], 12, "the same, positive sentiment", [str(DICTIONARY)]),
+                                  "--task", "positive-sentiment", "--layers", "15", "--methods", *EVAL_METHODS,
+                                  "--out", "benchmarks/results/pace"],
+          ["pace/pace-positive-sentiment"], 3, "the same, positive sentiment", [str(DICTIONARY)]),
     Bench("serve-load", ["serve_load.py"], ["serve-load"], 5, "server throughput and latency at 1/4/16 clients"),
     Bench("ray-reliability", ["ray_reliability.py"], ["ray-reliability"], 3,
           "reliability in-process vs on local Ray"),

@@ -8,6 +8,7 @@ from tiny import tiny_model
 from steerlab.pace import (
     ConceptDictionary,
     DictionaryFileError,
+    METHODS,
     ElasticNet,
     OrthogonalProjection,
     PaCE,
@@ -200,6 +201,23 @@ def test_pace_removes_the_undesirable_atom_and_keeps_the_benign_one():
     everything = PaCE(d, Partition("t", d.concepts, torch.ones(len(d), dtype=torch.bool)), [0])
     C = everything.decompose(z, 0)
     assert torch.allclose(z - everything.edit(z, 0), z - C @ D.T, atol=1e-5)
+
+
+def test_pace_positive_removes_only_components_leaning_towards_the_concept():
+    d = _synthetic_dictionary()
+    a, c, b = 5, 7, 9
+    undesirable = torch.zeros(len(d), dtype=torch.bool)
+    undesirable[[a, c]] = True
+    part = Partition("t", d.concepts, undesirable)
+    z = (3.0 * d.atoms[0][a] - 2.0 * d.atoms[0][c] + 2.0 * d.atoms[0][b])[None]
+    both, positive = (PaCE(d, part, [0], solver=ElasticNet(tol=1e-3), sign=s) for s in ("both", "positive"))
+    C = both.decompose(z, 0)
+    assert C[0, a] > 2.5 and C[0, c] < -1.5
+    torch.testing.assert_close(both.edit(z, 0), C[:, [a, c]] @ d.atoms[0][[a, c]])
+    torch.testing.assert_close(positive.edit(z, 0), C[:, [a]] @ d.atoms[0][[a]])
+    assert METHODS["pace-positive"](d, part, [0]).sign == "positive"
+    with pytest.raises(ValueError, match="sign must be"):
+        PaCE(d, part, [0], sign="negative")
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_neox"])

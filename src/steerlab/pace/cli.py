@@ -74,7 +74,7 @@ def cmd_eval(args) -> int:
 
         prompts = PROMPTS[args.task][: args.limit]
     result = evaluate_removal(lm, d, part, args.layers or d.layers, task=args.task, prompts=prompts,
-                              max_new_tokens=args.max_new_tokens)
+                              methods=args.methods, max_new_tokens=args.max_new_tokens)
     print(result.table())
     print(f"wrote {result.save(args.out)}")
     return 0
@@ -118,6 +118,9 @@ def add_parser(sub, add_model_args, parse_layers, ray_args) -> None:
     p.add_argument("--prompts", default=None, help="one prompt per line (default: the built-in set for --task)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N built-in prompts")
     p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--methods", nargs="+", default=["unsteered", "pace", "orthogonal", "subtraction"],
+                   choices=["unsteered", "pace", "pace-positive", "orthogonal", "subtraction"],
+                   help="what to compare (pace-positive: remove only components the activation leans towards)")
     p.add_argument("--out", default="steerlab-out/pace", help="folder for .md, .json and .png")
     p.set_defaults(func=cmd_eval)
 

@@ -83,9 +83,16 @@ class PaCE(_Removal):
     name = "pace"
 
     def __init__(self, dictionary: ConceptDictionary, partition: Partition, layers: Sequence[int] | int | None = None,
-                 *, solver: ElasticNet = ElasticNet(), strength: Rows = 1.0, window: Window | None = None) -> None:
+                 *, solver: ElasticNet = ElasticNet(), strength: Rows = 1.0, window: Window | None = None,
+                 sign: str = "both") -> None:
+        """``sign="both"`` (the paper's recipe) removes every undesirable component ``c_k d_k``;
+        ``"positive"`` removes only those with ``c_k > 0`` (the activation leans *towards* the
+        concept) and keeps negative ones, which lean away from it (e.g. away from "hate")."""
+        if sign not in ("both", "positive"):
+            raise ValueError(f"sign must be 'both' or 'positive', not {sign!r}.")
         super().__init__(dictionary, partition, layers, strength=strength, window=window)
         self.solver = solver
+        self.sign = sign
         self.stats = {"tokens": 0, "nonzeros": 0, "removed_norm": 0.0}
 
     def decompose(self, z: torch.Tensor, layer: int) -> torch.Tensor:
@@ -101,7 +108,8 @@ class PaCE(_Removal):
         atoms = self._tensor("U", layer, z, lambda: self.dictionary.atoms[layer][self.undesirable].float())
         self.stats["tokens"] += z.shape[0]
         self.stats["nonzeros"] += int((C != 0).sum())
-        removed = C[:, U] @ atoms
+        coef = C[:, U] if self.sign == "both" else C[:, U].clamp(min=0)
+        removed = coef @ atoms
         self.stats["removed_norm"] += float((removed.norm(dim=-1) / z.norm(dim=-1).clamp(min=1e-8)).sum())
         return removed
 
@@ -137,4 +145,13 @@ class VectorSubtraction(_Removal):
         return self.scale * z.norm(dim=-1, keepdim=True) * v
 
 
-METHODS = {cls.name: cls for cls in (PaCE, OrthogonalProjection, VectorSubtraction)}
+class PaCEPositive(PaCE):
+    """PaCE removing only the undesirable components the activation leans towards (``c_k > 0``)."""
+
+    name = "pace-positive"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "sign": "positive"})
+
+
+METHODS = {cls.name: cls for cls in (PaCE, PaCEPositive, OrthogonalProjection, VectorSubtraction)}
