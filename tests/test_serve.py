@@ -228,3 +228,26 @@ def test_serve_cli_refuses_public_bind_without_key():
     from steerlab.cli import main
 
     assert main(["serve", "--host", "0.0.0.0"]) == 2
+
+
+def test_pace_requests_match_the_library(smol):
+    """PaCE in the request's steering field (both signs) == the library's PaCE with the same labels."""
+    from steerlab.pace import EmbeddingPartitioner, PaCE, build_dictionary
+
+    words = ["hate", "stupid", "idiot", "kill", "ugly", "damn", "insult", "violent", "weather", "garden", "music",
+             "bread", "river", "friend", "school", "holiday", "coffee", "mountain", "book", "city"]
+    d = build_dictionary(smol, words, [15], progress=False)
+    part = EmbeddingPartitioner().partition(d, "detox")
+    assert part.undesirable.any()
+    app = create_app(smol, {}, dictionary=d, limits=Limits(max_tokens=32), max_batch=4)
+    with BackgroundServer(app) as live:
+        c = openai.OpenAI(base_url=live.url + "/v1", api_key="unused")
+        for sign in ("both", "positive"):
+            served = chat(c, "Tell me what you think of your neighbour.",
+                          {"pace": {"task": "detox", "layers": [15], "sign": sign}}).choices[0].message.content
+            expected = smol.generate("Tell me what you think of your neighbour.", max_new_tokens=16,
+                                     steering=PaCE(d, part, [15], sign=sign))[0]
+            assert served == expected
+        r = httpx.post(live.url + "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "steering": {"pace": {"task": "detox", "sign": "all"}}})
+        assert r.status_code == 400

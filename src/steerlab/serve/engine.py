@@ -198,7 +198,8 @@ class Engine:
                 from ..pace import EmbeddingPartitioner
 
                 self._partitions[p.task] = EmbeddingPartitioner().partition(self.dictionary, p.task)
-            items.append(PaCE(self.dictionary, self._partitions[p.task], p.layers, strength=p.strength))
+            items.append(PaCE(self.dictionary, self._partitions[p.task], p.layers, strength=p.strength,
+                               sign=p.sign))
         return items
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ class PaceSpec(_Strict):
     task: str
     layers: list[int] | None = None
     strength: float = 1.0
+    sign: Literal["both", "positive"] = "both"  # "positive": remove only components leaning towards a concept
 
 
 class Steering(_Strict):
