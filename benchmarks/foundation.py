@@ -13,19 +13,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import threading
-import time
 
 import torch
-from common import save_report
+from common import save_report, timed
 
 import steerlab
 from steerlab import capture, intervene
-
-
-def _time(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def bench_generation(lm, repeats: int, batch: int, new_tokens: int) -> dict:
@@ -46,8 +39,8 @@ def bench_generation(lm, repeats: int, batch: int, new_tokens: int) -> dict:
     steered()  # warm-up
     base, steer = [], []
     for _ in range(repeats):  # interleaved so drift hits both equally
-        base.append(_time(plain))
-        steer.append(_time(steered))
+        base.append(timed(plain)[0])
+        steer.append(timed(steered)[0])
     mb, ms = statistics.median(base), statistics.median(steer)
     tokens = new_tokens * len(prompts)
     return {"batch": len(prompts), "new_tokens": new_tokens, "repeats": repeats,
@@ -66,13 +59,13 @@ def bench_hook_cost(lm, batch: int, calls: int = 2000) -> dict:
         tracker = root._forward_pre_hooks[handle.id]
         kwargs = {"input_ids": torch.zeros(batch, 1, dtype=torch.long),
                   "attention_mask": torch.ones(batch, 41, dtype=torch.long), "cache_position": torch.tensor([40])}
-        t_tracker = statistics.median(_time(lambda: tracker(root, (), kwargs)) for _ in range(calls))
+        t_tracker = statistics.median(timed(lambda: tracker(root, (), kwargs))[0] for _ in range(calls))
     finally:
         handle.remove()
     iv = steerlab.add(12, torch.randn(lm.hidden_size), strength=4.0)
     resolved = intervene._Resolved(iv, 12, None)
     h = torch.randn(batch, 1, lm.hidden_size)
-    t_add = statistics.median(_time(lambda: resolved.apply(h, state)) for _ in range(calls))
+    t_add = statistics.median(timed(lambda: resolved.apply(h, state))[0] for _ in range(calls))
     return {"batch": batch, "tracker_us": 1e6 * t_tracker, "add_hook_us": 1e6 * t_add}
 
 
@@ -83,8 +76,8 @@ def bench_early_exit(lm, repeats: int) -> list[dict]:
         fast, full = [], []
         capture(lm, texts, layer, batch_size=16)
         for _ in range(repeats):
-            fast.append(_time(lambda: capture(lm, texts, layer, batch_size=16)))
-            full.append(_time(lambda: capture(lm, texts, layer, batch_size=16, early_exit=False)))
+            fast.append(timed(lambda: capture(lm, texts, layer, batch_size=16))[0])
+            full.append(timed(lambda: capture(lm, texts, layer, batch_size=16, early_exit=False))[0])
         mf, mu = statistics.median(fast), statistics.median(full)
         rows.append({"layer": layer, "of": lm.num_layers, "early_exit_s": mf, "full_s": mu, "ratio": mf / mu,
                      "expected_about": (layer + 1) / lm.num_layers})

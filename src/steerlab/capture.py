@@ -219,10 +219,7 @@ def capture_contrast(lm, first: Sequence[Sequence[int]], second: Sequence[Sequen
         rows = [seq[shared[i]:] for i in chunk for seq in (first[i], second[i])]
         reads = [r - shared[i] for i in chunk for r in (read_first[i], read_second[i])]
         suffix, suffix_mask = pad_ids(rows, pad, "right", lm.device)
-        full_mask = torch.cat([mask.repeat_interleave(2, 0), suffix_mask], 1)
-        step = {"input_ids": suffix, "attention_mask": full_mask, "past_key_values": cache, "use_cache": True}
-        if lm._accepts_position_ids:
-            step["position_ids"] = (full_mask.cumsum(-1) - 1)[:, ids.shape[1]:]
+        step = lm.continuation_inputs(suffix, suffix_mask, mask.repeat_interleave(2, 0), cache)
         picked = _forward_reading(lm, layer_list, "output", step, torch.arange(len(rows)), torch.tensor(reads), True,
                                   out_dtype)
         index = torch.tensor(chunk)

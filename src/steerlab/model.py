@@ -146,6 +146,17 @@ class SteerModel:
             inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         return inputs
 
+    def continuation_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past_mask: torch.Tensor,
+                            cache) -> dict:
+        """Keyword arguments for a forward pass that continues ``cache``: ``past_mask`` [B, P] covers
+        the cached tokens, ``attention_mask`` [B, T] the new ones (right padding), with position ids
+        counted over real tokens across both."""
+        full = torch.cat([past_mask.to(attention_mask.dtype), attention_mask], 1)
+        inputs = {"input_ids": input_ids, "attention_mask": full, "past_key_values": cache, "use_cache": True}
+        if self._accepts_position_ids:
+            inputs["position_ids"] = (full.long().cumsum(-1) - 1)[:, past_mask.shape[1]:]
+        return inputs
+
     @functools.cached_property
     def _accepts_position_ids(self) -> bool:
         return "position_ids" in inspect.signature(self.model.forward).parameters

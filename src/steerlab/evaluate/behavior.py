@@ -109,11 +109,9 @@ def answer_logprobs(lm, pairs: Sequence[ContrastivePair], vector: SteeringVector
             cache = lm.model(input_ids=prefix, use_cache=True).past_key_values
             cache.batch_repeat_interleave(len(rows))
             suffix, mask = pad_ids([r[item.prefix:] for r in rows], lm.tokenizer.pad_token_id, "right", lm.device)
-            full_mask = torch.cat([torch.ones(len(rows), item.prefix, dtype=mask.dtype, device=mask.device), mask], 1)
-            positions = (full_mask.cumsum(-1) - 1)[:, item.prefix:]
+            past = torch.ones(len(rows), item.prefix, dtype=mask.dtype, device=mask.device)
             with steer(lm, ivs):
-                logits = lm.model(input_ids=suffix, attention_mask=full_mask, past_key_values=cache,
-                                  position_ids=positions, use_cache=True).logits
+                logits = lm.model(**lm.continuation_inputs(suffix, mask, past, cache)).logits
             offset = item.prefix  # answers start after the prefix, so its own logits are never needed
         else:
             ids, mask = pad_ids(rows, lm.tokenizer.pad_token_id, "right", lm.device)

@@ -27,12 +27,18 @@ from ..vector import SteeringVector
 METHODS = ("mean", "pca", "probe")
 
 
-def render_answer(lm, pair: ContrastivePair, answer: str, *, chat: bool, system: str | None) -> tuple[Rendered, int]:
-    """The item rendered with ``answer`` opening the assistant turn, and the token index to read."""
+def _render_tokens(lm, pair: ContrastivePair, answer: str, chat: bool, system: str | None
+                   ) -> tuple[Rendered, list[int], int]:
     rendered = lm.render(pair.prompt, chat=chat, system=system, assistant_prefix=answer)
     char = len(rendered.text) - len(answer) + read_char(answer)
     ids, offsets = tokenize_with_offsets(lm.tokenizer, rendered.text)
-    return rendered, char_to_token(lm.tokenizer, rendered.text, ids, offsets, char)
+    return rendered, ids, char_to_token(lm.tokenizer, rendered.text, ids, offsets, char)
+
+
+def render_answer(lm, pair: ContrastivePair, answer: str, *, chat: bool, system: str | None) -> tuple[Rendered, int]:
+    """The item rendered with ``answer`` opening the assistant turn, and the token index to read."""
+    rendered, _, index = _render_tokens(lm, pair, answer, chat, system)
+    return rendered, index
 
 
 def differences(lm, pairs: Sequence[ContrastivePair], layers: Sequence[int], *, chat: bool = True,
@@ -46,19 +52,18 @@ def differences(lm, pairs: Sequence[ContrastivePair], layers: Sequence[int], *, 
     """
     if not pairs:
         raise ValueError("CAA needs at least one contrastive pair.")
-    rendered, positions = [], []
+    ids, positions = [], []
     for answer_of in (lambda p: p.positive, lambda p: p.negative):
         for pair in pairs:
-            r, idx = render_answer(lm, pair, answer_of(pair), chat=chat, system=system)
-            rendered.append(r)
+            _, row, idx = _render_tokens(lm, pair, answer_of(pair), chat, system)
+            ids.append(row)
             positions.append(idx)
     n = len(pairs)
     show = True if progress is None else progress
     if share_prefix:
-        ids = [tokenize_with_offsets(lm.tokenizer, r.text)[0] for r in rendered]
         return capture_contrast(lm, ids[:n], ids[n:], positions[:n], positions[n:], layers, batch_size=batch_size,
                                 progress=show)
-    acts = capture(lm, rendered, layers, positions=positions, batch_size=batch_size, progress=show)
+    acts = capture(lm, ids, layers, positions=positions, batch_size=batch_size, progress=show)
     return {k: v[:n] for k, v in acts.items()}, {k: v[n:] for k, v in acts.items()}
 
 

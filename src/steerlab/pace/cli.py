@@ -81,6 +81,8 @@ def cmd_eval(args) -> int:
 
 
 def add_parser(sub, add_model_args, parse_layers, ray_args) -> None:
+    from .removal import METHODS
+
     pace = sub.add_parser("pace", help="PaCE: concept dictionary, partition, removal and its evaluation")
     psub = pace.add_subparsers(dest="pace_command", required=True)
 
@@ -119,7 +121,7 @@ def add_parser(sub, add_model_args, parse_layers, ray_args) -> None:
     p.add_argument("--limit", type=int, default=0, help="use only the first N built-in prompts")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--methods", nargs="+", default=["unsteered", "pace", "orthogonal", "subtraction"],
-                   choices=["unsteered", "pace", "pace-positive", "orthogonal", "subtraction"],
+                   choices=["unsteered", *METHODS],
                    help="what to compare (pace-positive: remove only components the activation leans towards)")
     p.add_argument("--out", default="steerlab-out/pace", help="folder for .md, .json and .png")
     p.set_defaults(func=cmd_eval)
