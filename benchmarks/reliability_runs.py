@@ -1,6 +1,9 @@
-"""Reliability report over many datasets (issue 8): per-item steerability, anti-steerable fraction,
-spurious A/Yes factors, and (optionally) ID vs OOD generalisation with the Spearman correlation
-across datasets. Writes benchmarks/results/reliability-<model>.md plus per-dataset JSON/PNG.
+"""Reliability report over many datasets: per-item steerability with bootstrap intervals, the
+anti-steerable fraction against a random-direction null, spurious A/Yes factors, the vectors'
+letter shares, and (optionally) ID vs OOD generalisation with the Spearman correlation across
+datasets. Train and test slices are balanced by the matching answer's letter and vectors are
+counterbalanced (``--no-balance`` / ``--no-counterbalance`` reproduce the letter-biased recipe).
+Writes benchmarks/results/reliability-<model>.md plus per-dataset JSON/PNG/MD as each finishes.
 
 Run: .venv/bin/python benchmarks/reliability_runs.py [--model qwen2.5-coder-0.5b] [--no-generalisation]
 """
@@ -33,10 +36,17 @@ SHARED = {
 BUILTIN_OPEN = ("sentiment", "refusal")
 
 
-def load_split(shared: Path, spec) -> tuple[list, list]:
+def load_split(shared: Path, spec, n_train: int, n_test: int, balance: bool) -> tuple[list, list]:
     if isinstance(spec, tuple):
-        return datasets.load(shared / spec[0]), datasets.load(shared / spec[1])
-    return datasets.split(datasets.load(shared / spec))
+        return (datasets.take(datasets.load(shared / spec[0]), n_train, balance=balance),
+                datasets.take(datasets.load(shared / spec[1]), n_test, balance=balance))
+    return datasets.split(datasets.load(shared / spec), n_train=n_train, n_test=n_test, balance=balance)
+
+
+def _beyond(r: ReliabilityReport) -> str:
+    if not r.beyond_null_ci:
+        return "-"
+    return "yes" if r.beyond_null_ci[0] > 0 else ("against" if r.beyond_null_ci[1] < 0 else "no")
 
 
 def main() -> None:
@@ -56,6 +66,10 @@ def main() -> None:
     parser.add_argument("--gen-train", type=int, default=32, help="training pairs per variant for generalisation")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--datasets", default=None, help="comma-separated subset of the dataset names")
+    parser.add_argument("--no-balance", action="store_true",
+                        help="take the first N items of each half as the file orders them (letter-biased slices)")
+    parser.add_argument("--no-counterbalance", action="store_true",
+                        help="plain mean difference, without the option-swapped second reading")
     parser.add_argument("--resume", action="store_true",
                         help="reuse per-dataset reports already written by an earlier (interrupted) run")
     args = parser.parse_args()
@@ -63,9 +77,11 @@ def main() -> None:
     layer = round(args.layer_fraction * lm.num_layers)
     out = Path(args.out)
     rows, ids, oods = [], [], []
-    sets = {name: load_split(Path(args.shared), spec) for name, spec in SHARED.items()}
+    balance = not args.no_balance
+    sets = {name: load_split(Path(args.shared), spec, args.train, args.test, balance) for name, spec in SHARED.items()}
     for name in BUILTIN_OPEN:
-        sets[f"{name} (built-in, open answers)"] = datasets.split(datasets.to_open_answers(datasets.builtin(name)))
+        sets[f"{name} (built-in, open answers)"] = datasets.split(
+            datasets.to_open_answers(datasets.builtin(name)), n_train=args.train, n_test=args.test)
     t_all = time.time()
     if args.datasets:
         wanted = args.datasets.split(",")
@@ -75,7 +91,6 @@ def main() -> None:
         sets = {n: v for n, v in sets.items() if n.split(" ")[0] in wanted}
     for name, (train, test) in sets.items():
         t = time.time()
-        train, test = train[: args.train], test[: args.test]
         stem = f"reliability-{lm.name}-{name.split(' ')[0]}"
         done = out / "reliability" / f"{stem}.json"
         if args.resume and done.exists() and args.no_generalisation:
@@ -83,8 +98,10 @@ def main() -> None:
             rows.append({"dataset": name, "rep": rep, "seconds": 0.0, "gen": None})
             print(f"{rep.summary()} [from {done}]", flush=True)
             continue
-        vec = caa.extract(lm, train, layer, progress=False)
-        rep = reliability(lm, vec, test, scale=args.scale, dataset=name, progress=False)
+        print(f"{name}: training {datasets.describe_balance(train)}; test {datasets.describe_balance(test)}",
+              flush=True)
+        vec = caa.extract(lm, train, layer, counterbalance=False if args.no_counterbalance else None, progress=False)
+        rep = reliability(lm, vec, test, scale=args.scale, dataset=name, letter_pairs=train, progress=True)
         rep.save(out / "reliability", stem)
         row = {"dataset": name, "rep": rep, "seconds": 0.0, "gen": None}
         if not args.no_generalisation and name.split(" ")[0] in args.gen_datasets.split(","):
@@ -99,20 +116,33 @@ def main() -> None:
         print(f"{rep.summary()} [{row['seconds']:.0f} s]", flush=True)
     lines = [f"# Reliability on {lm.name} (layer {layer} of {lm.num_layers}, multipliers "
              f"{{-1.5..1.5}} x {args.scale:g})", "",
-             f"{args.train} training pairs, {args.test} test items per dataset (first half trains, second half "
-             f"tests; CAA sycophancy: generate file trains, test file tests). Total {time.time() - t_all:.0f} s.", "",
-             "| dataset | p(match) unsteered | mean slope | median | variance | anti-steerable | line R^2 | "
-             "R^2 by A | R^2 by Yes | ID | OOD (user-) | relative |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{args.train} training pairs, {args.test} test items per dataset (earlier items train, later ones "
+             f"test; CAA sycophancy: generate file trains, test file tests); "
+             + ("slices balanced by the matching letter" if balance else "first-N slices, NOT balanced")
+             + ("; vectors counterbalanced over swapped options" if not args.no_counterbalance else
+                "; plain mean difference (not counterbalanced)") + f". Total {time.time() - t_all:.0f} s.", "",
+             "Brackets: 95% bootstrap intervals over items. Null: the same analysis with a random direction of "
+             "the vector's norm at the same layer; 'beyond null' when the interval of the per-item difference "
+             "(vector slope - null slope) excludes zero. Letter share: share of the vector's norm along the "
+             "pure (A)-(B) direction.", "",
+             "| dataset | train balance | norm | letter share | p(match) -/0/+ | mean slope [95% CI] | "
+             "anti-steerable [95% CI] | null anti-st. | beyond null? | line R^2 | R^2 by A | R^2 by Yes | "
+             "ID | OOD (user-) | relative |",
+             "|---|---|---:|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         r, g = row["rep"], row["gen"]
         yes = "-" if r.spurious_r2_yes is None else f"{r.spurious_r2_yes:.2f}"
+        share = "-" if r.letter_share is None else f"{r.letter_share:.2f}"
+        ends = r.p_matching_at_extremes or [float("nan")] * 2
+        ci = (f"[{r.mean_slope_ci[0]:+.3f}, {r.mean_slope_ci[1]:+.3f}]" if r.mean_slope_ci else "")
+        aci = (f"[{r.anti_steerable_ci[0]:.0%}, {r.anti_steerable_ci[1]:.0%}]" if r.anti_steerable_ci else "")
         gen_cells = "| - | - | -" if g is None else (
             f"| {g.id_steerability:+.3f} | {g.ood_steerability['user-']:+.3f} | "
             + ("-" if g.relative_steerability["user-"] is None else f"{g.relative_steerability['user-']:+.2f}"))
-        lines.append(f"| {row['dataset']} | {r.unsteered_p_matching:.3f} | {r.mean_slope:+.3f} | {r.median_slope:+.3f}"
-                     f" | {r.slope_variance:.3f} | {r.anti_steerable_fraction:.0%} | {r.mean_r2:.2f} | "
-                     f"{r.spurious_r2_a:.2f} | {yes} {gen_cells} |")
+        lines.append(f"| {row['dataset']} | {r.train_balance or '-'} | {r.vector_norm:.2f} | {share} | "
+                     f"{ends[0]:.3f}/{r.unsteered_p_matching:.3f}/{ends[1]:.3f} | {r.mean_slope:+.3f} {ci} | "
+                     f"{r.anti_steerable_fraction:.0%} {aci} | {r.null_anti_steerable_fraction:.0%} | "
+                     f"{_beyond(r)} | {r.mean_r2:.2f} | {r.spurious_r2_a:.2f} | {yes} {gen_cells} |")
     if ids:
         lines += ["", f"Spearman correlation of ID and OOD (user-) steerability across datasets: "
                   f"{spearman(ids, oods):+.2f}."]

@@ -53,10 +53,14 @@ def test_whole_answer_logprob_by_hand():
 def test_sweep_table_and_files(tmp_path):
     lm = tiny_model("llama")
     result = layer_sweep(lm, PAIRS, PAIRS, [0, 1, 2], [-2.0, 2.0], dataset="tiny")
-    assert set(result.p_matching) == {"0", "1", "2"}
-    assert result.recommended_layer == max([0, 1, 2], key=result.effect)
+    assert set(result.p_matching) == {"0", "1", "2"} and set(result.null_effect) == {"0", "1", "2"}
+    beating = [k for k in (0, 1, 2) if result.beats_null(k)]
+    # Recommended: the largest effect among layers that beat the null (all layers, flagged, when none does).
+    assert result.recommended_layer in (beating or [0, 1, 2])
+    if not beating:
+        assert result.how_chosen.startswith("NO LAYER BEATS THE NULL")
     path = result.save(tmp_path)
-    assert "| layer |" in path.read_text()
+    assert "| layer |" in path.read_text() and "beats null" in path.read_text()
     assert (tmp_path / "sweep-tiny.png").stat().st_size > 5000
 
 

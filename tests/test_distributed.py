@@ -37,6 +37,7 @@ def ray_local():
 
 @pytest.mark.slow
 def test_sweep_and_dictionary_build_on_ray_equal_in_process(smol, ray_local):
+    from steerlab.distributed import layer_sweep_tasks
     from steerlab.evaluate.sweep import layer_sweep
     from steerlab.pace import build_dictionary, concept_words
 
@@ -44,7 +45,7 @@ def test_sweep_and_dictionary_build_on_ray_equal_in_process(smol, ray_local):
     train, test = train[:8], test[:6]
     local = layer_sweep(smol, train, test, [4, 8, 12], [-2, 2], progress=False)
     spec = ModelSpec("smollm2-135m", dtype="float32")
-    remote = layer_sweep(smol, train, test, [4, 8, 12], [-2, 2], ray="local", workers=2, model_spec=spec)
+    remote = layer_sweep_tasks(smol, train, test, [4, 8, 12], [-2, 2], ray="local", workers=2, model_spec=spec)
     assert remote.layers == local.layers and remote.recommended_layer == local.recommended_layer
     assert abs(remote.baseline - local.baseline) < 1e-5
     for layer in map(str, local.layers):

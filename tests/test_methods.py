@@ -104,12 +104,16 @@ def _reference_caa(lm, pairs, layer):
 def test_caa_equals_plain_loop(family):
     lm = tiny_model(family)
     # hidden_states[-1] has the final norm applied in transformers, so compare inner blocks.
-    vec = caa.extract(lm, PAIRS, [0, 2], batch_size=2)
+    vec = caa.extract(lm, PAIRS, [0, 2], batch_size=2, counterbalance=False)
+    both = caa.extract(lm, PAIRS, [0, 2], batch_size=2)  # default: counterbalanced over swapped options
+    assert both.meta["counterbalanced"] and not vec.meta["counterbalanced"]
+    swapped = datasets.counterbalanced(PAIRS)
     for layer in (0, 2):
         ref = _reference_caa(lm, PAIRS, layer)
         cos = torch.nn.functional.cosine_similarity(vec.layers[layer], ref, dim=0)
         assert cos > 0.9999
         torch.testing.assert_close(vec.layers[layer], ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(both.layers[layer], _reference_caa(lm, swapped, layer), atol=1e-4, rtol=1e-4)
 
 
 def test_caa_alternative_methods_point_the_same_way():

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_caa_matches_steering_vectors_package(smol, shared_data):
     sv = pytest.importorskip("steering_vectors")
     pairs = datasets.load(shared_data / "caa" / "sycophancy_generate.json")[:24]
-    ours = caa.extract(smol, pairs, [8, 14], progress=False)
+    ours = caa.extract(smol, pairs, [8, 14], counterbalance=False, progress=False)
     samples = [(smol.render(p.prompt, assistant_prefix=p.positive).text,
                 smol.render(p.prompt, assistant_prefix=p.negative).text) for p in pairs]
     # SmolLM2 splits "(A)" into "(", "A", ")": the letter is the second-to-last token.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -30,8 +31,10 @@ def _vector_arg(text: str) -> tuple[str, float]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="built-in name (smollm2-135m [default], gemma3-270m, qwen2.5-coder-0.5b), hub id, dir or .gguf")
+    from .sources import BUILTIN_MODELS, DEFAULT_MODEL
+
+    names = ", ".join(f"{n} [default]" if n == DEFAULT_MODEL else n for n in BUILTIN_MODELS)
+    p.add_argument("--model", default=None, help=f"built-in name ({names}), hub id, model directory or .gguf file")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
 
@@ -61,12 +64,15 @@ def cmd_extract(args) -> int:
                   file=sys.stderr)
             return 2
         pairs = datasets.load(args.data)
+        balance = not args.no_balance
         if args.train_fraction < 1:
-            pairs, _ = datasets.split(pairs, args.train_fraction)
-        if args.limit:
-            pairs = pairs[: args.limit]
+            pairs, _ = datasets.split(pairs, args.train_fraction, n_train=args.limit or None, balance=balance)
+        else:
+            pairs = datasets.take(pairs, args.limit or None, balance=balance)
+        print(f"training pairs: {len(pairs)} ({datasets.describe_balance(pairs)})")
         vec = caa.extract(lm, pairs, args.layers, method=args.method.removeprefix("caa-") if args.method != "caa"
-                          else "mean", chat=args.chat, system=args.system, batch_size=args.batch_size)
+                          else "mean", chat=args.chat, system=args.system, batch_size=args.batch_size,
+                          counterbalance=args.counterbalance)
         vec.meta["dataset"] = str(args.data)
     path = vec.save(args.out)
     print(f"wrote {path}: {vec}")
@@ -128,16 +134,33 @@ def cmd_info(args) -> int:
 
 
 def _train_test(args, data=None):
-    """The --data set (option texts as answers with --open-answers), split in halves, --limit applied."""
+    """The --data set (option texts as answers with --open-answers), split into a training and a test
+    part that are balanced by the matching answer's letter unless --no-balance; sizes --train/--test."""
     from . import datasets
 
     pairs = datasets.load(data or args.data)
     if args.open_answers:
         pairs = datasets.to_open_answers(pairs)
-    train, test = datasets.split(pairs)
-    if args.limit:
-        train, test = train[: args.limit], test[: args.limit]
+    sizes = dict(n_train=args.train or args.limit or None, n_test=args.test or args.limit or None)
+    train, test = datasets.split(pairs, **sizes, balance=not args.no_balance)
+    print(f"{data or args.data}: {len(train)} training pairs ({datasets.describe_balance(train)}), "
+          f"{len(test)} test pairs ({datasets.describe_balance(test)})", flush=True)
     return train, test
+
+
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", type=int, default=0, help="training pairs (default: half of the balanced data)")
+    p.add_argument("--test", type=int, default=0, help="test pairs (default: the rest of the balanced data)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many train and test pairs each (--train/--test)")
+    p.add_argument("--no-balance", action="store_true",
+                   help="take items in file order instead of balancing both parts by the matching answer's letter")
+    _counterbalance_arg(p)
+
+
+def _counterbalance_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--counterbalance", action=argparse.BooleanOptionalAction, default=None,
+                   help="also read each A/B item with its options swapped so the answer-letter direction cancels "
+                        "(default: whenever every item's options can be swapped)")
 
 
 def _ray_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -157,31 +180,51 @@ def _model_spec(args):
 def cmd_sweep(args) -> int:
     from pathlib import Path
 
+    from .distributed import layer_sweep_tasks
     from .evaluate.sweep import layer_sweep
 
     lm = _load(args)
     train, test = _train_test(args)
     layers = args.layers or list(range(1, lm.num_layers - 1))
-    result = layer_sweep(lm, train, test, layers, args.multipliers, dataset=str(args.data), method=args.method,
-                         chat=args.chat, system=args.system, ray=args.ray, workers=args.ray_workers,
-                         model_spec=_model_spec(args) if args.ray else None,
-                         resume_dir=Path(args.out) / ".tasks" if args.resume else None)
+    options = dict(dataset=str(args.data), method=args.method, chat=args.chat, system=args.system,
+                   counterbalance=args.counterbalance)
+    if args.ray is None and not args.resume:
+        result = layer_sweep(lm, train, test, layers, args.multipliers, **options)
+    else:
+        result = layer_sweep_tasks(lm, train, test, layers, args.multipliers, ray=args.ray, workers=args.ray_workers,
+                                   model_spec=_model_spec(args) if args.ray else None,
+                                   resume_dir=Path(args.out) / ".tasks" if args.resume else None, **options)
     path = result.save(args.out)
     print(f"unsteered p(matching) = {result.baseline:.3f}\n{result.table()}\n"
           f"recommended layer {result.recommended_layer}: {result.how_chosen}\nwrote {path}")
     return 0
 
 
-def _reliability_task(lm, task):
+@dataclass(frozen=True)
+class ReliabilityTask:
+    """One dataset's reliability run (what a Ray worker receives)."""
+
+    train: list
+    test: list
+    dataset: str
+    layer: int
+    scale: float
+    chat: bool
+    generalisation: bool
+    counterbalance: bool | None
+    progress: bool
+
+
+def _reliability_task(lm, task: ReliabilityTask):
     from .evaluate.generalisation import generalisation
     from .evaluate.reliability import reliability
     from .methods import caa
 
-    train, test, data, layer, scale, chat, with_gen = task
-    vec = caa.extract(lm, train, layer, chat=chat, progress=False)
-    report = reliability(lm, vec, test, scale=scale, dataset=data, chat=chat, progress=False)
-    gen = generalisation(lm, train, test, layer, dataset=data, scale=scale, chat=chat, progress=False) \
-        if with_gen else None
+    vec = caa.extract(lm, task.train, task.layer, chat=task.chat, counterbalance=task.counterbalance, progress=False)
+    report = reliability(lm, vec, task.test, scale=task.scale, dataset=task.dataset, chat=task.chat,
+                         letter_pairs=task.train, progress=task.progress)
+    gen = generalisation(lm, task.train, task.test, task.layer, dataset=task.dataset, scale=task.scale, chat=task.chat,
+                         counterbalance=task.counterbalance, progress=False) if task.generalisation else None
     return report, gen
 
 
@@ -194,19 +237,23 @@ def cmd_reliability(args) -> int:
     tasks = []
     for data in args.data:
         train, test = _train_test(args, data)
-        tasks.append((train, test, str(data), args.layer, args.scale, args.chat, args.generalisation))
-    results = map_tasks(_reliability_task, tasks, model=lm if lm is not None else _model_spec(args), ray=args.ray,
-                        workers=args.ray_workers, resume_dir=Path(args.out) / ".tasks" if args.resume else None,
-                        desc="datasets")
-    for (report, gen), data in zip(results, args.data):
-        stem = Path(str(data)).stem
-        print(report.summary())
-        print(f"wrote {report.save(args.out, f'reliability-{stem}')}")
+        tasks.append(ReliabilityTask(train, test, str(data), args.layer, args.scale, args.chat, args.generalisation,
+                                     args.counterbalance, progress=args.ray is None))
+
+    def report(i: int, result) -> None:  # written as soon as each dataset finishes
+        rep, gen = result
+        stem = Path(str(args.data[i])).stem
+        print(rep.summary())
+        print(f"wrote {rep.save(args.out, f'reliability-{stem}')}", flush=True)
         if gen is not None:
             rel = ", ".join(f"{k} {v:+.2f}" if v is not None else f"{k} n/a"
                             for k, v in gen.relative_steerability.items())
             print(f"ID steerability {gen.id_steerability:+.3f}; relative OOD steerability: {rel}")
-            print(f"wrote {gen.save(args.out, f'generalisation-{stem}')}")
+            print(f"wrote {gen.save(args.out, f'generalisation-{stem}')}", flush=True)
+
+    map_tasks(_reliability_task, tasks, model=lm if lm is not None else _model_spec(args), ray=args.ray,
+              workers=args.ray_workers, resume_dir=Path(args.out) / ".tasks" if args.resume else None,
+              desc="datasets", on_result=report)
     return 0
 
 
@@ -276,8 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                    help="render through the chat template (default: on)")
     p.add_argument("--system", default=None, help="system prompt for chat rendering")
-    p.add_argument("--train-fraction", type=float, default=0.5, help="first part of the data used (default 0.5)")
-    p.add_argument("--limit", type=int, default=0, help="use at most this many pairs")
+    p.add_argument("--train-fraction", type=float, default=0.5,
+                   help="the training part of a balanced split is used (default 0.5; 1 = all of the data)")
+    p.add_argument("--limit", type=int, default=0, help="use at most this many pairs (balanced by letter)")
+    p.add_argument("--no-balance", action="store_true",
+                   help="take pairs in file order instead of balancing them by the matching answer's letter")
+    _counterbalance_arg(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", "-o", required=True, help="output .safetensors path")
     p.set_defaults(func=cmd_extract)
@@ -324,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score and extract on the option texts instead of the letters (A)/(B)")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--system", default=None)
-    p.add_argument("--limit", type=int, default=0, help="at most this many train and test pairs each")
+    _split_args(p)
     p.add_argument("--out", default="steerlab-out/sweep", help="folder for .md, .json and .png")
     _ray_args(p, "blocks of layers")
     p.set_defaults(func=cmd_sweep)
@@ -332,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reliability", help="per-item steerability, anti-steerable fraction, spurious factors")
     _add_model_args(p)
     p.add_argument("--data", required=True, nargs="+",
-                   help="dataset file(s) or built-in name(s); first half trains, second half tests")
+                   help="dataset file(s) or built-in name(s); earlier items train, later ones test")
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiplier unit: slopes are over {-1.5..1.5} x scale (default 1)")
@@ -340,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generalisation", action="store_true",
                    help="also train/evaluate on system-prompt and user-prefix variants (heat-map)")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--limit", type=int, default=0)
+    _split_args(p)
     p.add_argument("--out", default="steerlab-out/reliability")
     _ray_args(p, "one task per dataset")
     p.set_defaults(func=cmd_reliability)

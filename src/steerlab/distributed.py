@@ -62,9 +62,10 @@ class _Worker:
 
 def map_tasks(fn: Callable[[Any, Any], Any], tasks: Sequence[Any], *, model, ray: str | None = None,
               workers: int = 2, retries: int = 1, resume_dir: str | os.PathLike | None = None,
-              desc: str = "tasks") -> list[Any]:
+              desc: str = "tasks", on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
     """``fn(lm, task)`` for every task, in order. ``model``: a loaded SteerModel or a :class:`ModelSpec`;
-    with Ray each worker loads its own copy (from the spec, or from ``spec_of(model)``)."""
+    with Ray each worker loads its own copy (from the spec, or from ``spec_of(model)``). ``on_result(i,
+    result)`` is called here as each task finishes (or is found done), e.g. to write its report at once."""
     tasks = list(tasks)
     results: list[Any] = [None] * len(tasks)
     done = [False] * len(tasks)
@@ -75,11 +76,15 @@ def map_tasks(fn: Callable[[Any, Any], Any], tasks: Sequence[Any], *, model, ray
             path = folder / f"task-{i}-{_key(task)}.pt"
             if path.exists():
                 results[i], done[i] = torch.load(path, weights_only=False), True
+                if on_result is not None:
+                    on_result(i, results[i])
 
     def finish(i: int, value: Any) -> None:
         results[i], done[i] = value, True
         if folder is not None:
             atomic_write(folder / f"task-{i}-{_key(tasks[i])}.pt", lambda tmp: torch.save(value, tmp))
+        if on_result is not None:
+            on_result(i, value)
 
     todo = [i for i in range(len(tasks)) if not done[i]]
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=desc, disable=len(tasks) < 2)
@@ -146,3 +151,19 @@ def _retry(queue, i, attempt, retries, tasks, err=None) -> None:
     if attempt >= retries:
         raise TaskFailed(f"task {i} failed {attempt + 1} times on Ray; its input: {tasks[i]!r:.300}") from err
     queue.append((i, attempt + 1))
+
+
+def layer_sweep_tasks(lm, train, test, layers, multipliers=(-1.0, 1.0), *, ray: str | None = None,
+                      workers: int = 2, model_spec: ModelSpec | None = None,
+                      resume_dir: str | os.PathLike | None = None, **options):
+    """:func:`steerlab.evaluate.sweep.layer_sweep` with its layers split into blocks that run as tasks:
+    in-process (resumable with ``resume_dir``) or on Ray (``ray="local"`` or a cluster address), where
+    each worker loads ``model_spec`` (default: ``lm``'s name and dtype). ``options`` are layer_sweep's."""
+    from .evaluate.sweep import SweepTask, _sweep_block, merge_sweeps, sweep_tasks
+
+    layers = sorted({lm.check_layer(k) for k in layers})
+    task = SweepTask(list(train), list(test), layers, sorted({float(m) for m in multipliers}), **options)
+    blocks = sweep_tasks(task, 2 * workers if ray is not None else len(layers))
+    parts = map_tasks(_sweep_block, blocks, model=model_spec or lm, ray=ray, workers=workers,
+                      resume_dir=resume_dir, desc="layer blocks")
+    return merge_sweeps(parts)

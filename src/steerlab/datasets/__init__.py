@@ -61,12 +61,141 @@ def fingerprint(pairs: Sequence[ContrastivePair]) -> str:
     return digest.hexdigest()[:16]
 
 
-def split(pairs: Sequence[ContrastivePair], train_fraction: float = 0.5) -> tuple[list, list]:
-    """First part trains, the rest tests (the reliability papers' convention: halves)."""
+def answer_letter(answer: str) -> str | None:
+    """The option letter of an A/B answer (``"(A)"`` -> ``"A"``), else None."""
+    m = _LETTER.fullmatch(answer.strip())
+    return m.group(1) if m else None
+
+
+def matching_is_a(pair: ContrastivePair) -> bool:
+    return answer_letter(pair.positive) == "A"
+
+
+def matching_is_yes(pair: ContrastivePair) -> bool | None:
+    """Whether the matching answer is "Yes" (persona items, or A/B items whose matching option reads
+    Yes/No); None where the item has no Yes/No format."""
+    if "matching_is_yes" in pair.meta:
+        return bool(pair.meta["matching_is_yes"])
+    pos = pair.positive.strip().lower()
+    if pos in ("yes", "no"):
+        return pos == "yes"
+    letter = answer_letter(pair.positive)
+    if letter:  # an A/B item whose matching option text is Yes/No
+        m = re.search(rf"\({letter}\):? *(Yes|No)\b", pair.prompt)
+        if m:
+            return m.group(1) == "Yes"
+    return None
+
+
+def _yes_no_format(pair: ContrastivePair) -> bool:
+    """Whether the item's answers are Yes and No (persona items, or options that read exactly Yes/No)."""
+    if "matching_is_yes" in pair.meta or pair.positive.strip().lower() in ("yes", "no"):
+        return True
+    letter = answer_letter(pair.positive)
+    return bool(letter and re.search(rf"^ *\({letter}\):? *(Yes|No)\.? *$", pair.prompt, re.M))
+
+
+def stratum(pair: ContrastivePair, yes_no: bool = True) -> str:
+    """The cell a balanced split balances over: the matching answer's letter (``"(A)"``), with
+    ``Yes``/``No`` appended when ``yes_no`` and the item has that format; ``"all"`` for open/text items."""
+    letter = answer_letter(pair.positive)
+    yes = matching_is_yes(pair) if yes_no else None
+    parts = ([f"({letter})"] if letter else []) + ([] if yes is None else ["Yes" if yes else "No"])
+    return " ".join(parts) or "all"
+
+
+def _groups(pairs: Sequence[ContrastivePair]) -> dict[str, list[ContrastivePair]]:
+    """Items by stratum. Yes/No counts only where it is the data's format (every item has it): an
+    x-risk item whose option merely starts with "Yes" is stratified by its letter alone."""
+    yes_no = bool(pairs) and all(_yes_no_format(p) for p in pairs)
+    groups: dict[str, list[ContrastivePair]] = {}
+    for p in pairs:
+        groups.setdefault(stratum(p, yes_no), []).append(p)
+    return dict(sorted(groups.items()))
+
+
+def balance(pairs: Sequence[ContrastivePair]) -> dict[str, int]:
+    """Items per stratum, e.g. ``{"(A)": 24, "(B)": 24}``."""
+    return {k: len(v) for k, v in _groups(pairs).items()}
+
+
+def describe_balance(pairs: Sequence[ContrastivePair]) -> str:
+    return " / ".join(f"{k} {v}" for k, v in balance(pairs).items()) or "empty"
+
+
+def _quotas(n: int, k: int) -> list[int]:
+    return [n // k + (i < n % k) for i in range(k)]
+
+
+def _interleave(columns: list[list[ContrastivePair]]) -> list[ContrastivePair]:
+    """Round-robin over the strata, so that every prefix of the result is as balanced as it can be."""
+    out = []
+    for i in range(max((len(c) for c in columns), default=0)):
+        out.extend(c[i] for c in columns if i < len(c))
+    return out
+
+
+def _take(groups: dict[str, list[ContrastivePair]], n: int, what: str) -> list[ContrastivePair]:
+    """``n`` items, as equal per stratum as ``n`` allows, removed from the front of each group."""
+    quotas = _quotas(n, len(groups))
+    short = [(key, q, len(g)) for (key, g), q in zip(groups.items(), quotas) if len(g) < q]
+    if short:
+        key, q, have = short[0]
+        most = len(groups) * min(len(g) for g in groups.values())
+        raise DatasetError(
+            f"A balanced {what} of {n} items needs {q} whose matching answer is {key}, but only {have} are "
+            f"left. Ask for at most {most}, or turn balancing off (balance=False, --no-balance) and accept "
+            "a letter-biased split.")
+    taken = []
+    for (key, group), q in zip(groups.items(), quotas):
+        taken.append(group[:q])
+        groups[key] = group[q:]
+    return _interleave(taken)
+
+
+def take(pairs: Sequence[ContrastivePair], n: int | None = None, *, balance: bool = True) -> list[ContrastivePair]:
+    """The first ``n`` items (all if None), balanced across strata (see :func:`stratum`) unless
+    ``balance=False``; within a stratum the file order is kept."""
+    groups = _groups(pairs)
+    if not balance or len(groups) < 2:
+        return list(pairs[:n] if n is not None else pairs)
+    if n is None:
+        n = len(groups) * min(len(g) for g in groups.values())
+    return _take(groups, n, "selection")
+
+
+def split(pairs: Sequence[ContrastivePair], train_fraction: float = 0.5, *, n_train: int | None = None,
+          n_test: int | None = None, balance: bool = True) -> tuple[list, list]:
+    """Train and test halves: earlier items train, later ones test (the reliability papers' halves).
+
+    With ``balance`` (default) both halves hold equally many items of each stratum, the matching
+    answer's letter (and Yes/No where present): the first items of each stratum train, the next
+    ones test. Taking the first N items of a file instead inherits whatever letter balance the file
+    has, and the answer-letter direction then dominates a CAA vector (docs/methods.md). Without a
+    size, the halves split the largest balanced subset by ``train_fraction``; items beyond it are
+    left out. Text pairs and open answers have one stratum, so nothing is left out for them.
+    """
     if not 0 < train_fraction < 1:
         raise ValueError("train_fraction must be between 0 and 1.")
-    cut = int(round(len(pairs) * train_fraction))
-    return list(pairs[:cut]), list(pairs[cut:])
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}.")
+    groups = _groups(pairs)
+    if not balance or len(groups) < 2:
+        cut = n_train if n_train is not None else int(round(len(pairs) * train_fraction))
+        end = cut + n_test if n_test is not None else len(pairs)
+        if cut >= len(pairs):
+            raise DatasetError(f"Only {len(pairs)} items: no test items are left after {cut} training items.")
+        return list(pairs[:cut]), list(pairs[cut:end])
+    smallest = min(len(g) for g in groups.values())
+    per_train = int(round(smallest * train_fraction))
+    train = _take(groups, n_train if n_train is not None else len(groups) * per_train, "training half")
+    smallest_left = min(len(g) for g in groups.values())
+    if n_test is None and smallest_left == 0:
+        raise DatasetError(f"No balanced test half is left after {len(train)} training items "
+                           f"({describe_balance(pairs)} in the data); ask for fewer training items.")
+    test = _take(groups, n_test if n_test is not None else len(groups) * smallest_left, "test half")
+    return train, test
 
 
 def _need(item: Any, key: str, where: str) -> str:
@@ -194,6 +323,52 @@ def to_open_answers(pairs: Sequence[ContrastivePair]) -> list[ContrastivePair]:
         prompt = re.sub(r"\n*Choices:\s*$", "", p.prompt[:first].rstrip()).rstrip()
         out.append(ContrastivePair(prompt, options[letters[0]], options[letters[1]], {**p.meta, "open": True}))
     return out
+
+
+_OPTION_START = re.compile(r"^[ \t]*\(([A-Z])\):?[ \t]?", re.M)
+
+
+def swap_options(pair: ContrastivePair) -> ContrastivePair | None:
+    """The same A/B item with the texts of its two answer options exchanged and both answers'
+    letters flipped: ``"(A) x / (B) y"``, matching ``(A)`` becomes ``"(A) y / (B) x"``, matching
+    ``(B)``. The behaviour is unchanged; only which letter carries it moves. None where the item is
+    not an A/B item whose two options start lines of the prompt. Where the prompt shows several
+    blocks of options (worked examples before the question), the last block is the question's.
+    """
+    a, b = answer_letter(pair.positive), answer_letter(pair.negative)
+    if a is None or b is None or a == b:
+        return None
+    markers = list(_OPTION_START.finditer(pair.prompt))
+    last = {letter: max((i for i, m in enumerate(markers) if m.group(1) == letter), default=-1) for letter in (a, b)}
+    block = {markers[i].group(1) for i in range(len(markers) - 2, len(markers)) if i >= 0}
+    if min(last.values()) < 0 or block != {a, b}:
+        return None
+    spans = {}
+    for letter, i in last.items():
+        start = markers[i].end()
+        end = markers[i + 1].start() if i + 1 < len(markers) else len(pair.prompt)
+        text = pair.prompt[start:end].rstrip()
+        spans[letter] = (start, start + len(text), text)
+    # Replace the later span first so the earlier one's offsets stay valid.
+    prompt = pair.prompt
+    for letter, other in sorted(((a, b), (b, a)), key=lambda lo: -spans[lo[0]][0]):
+        start, end, _ = spans[letter]
+        prompt = prompt[:start] + spans[other][2] + prompt[end:]
+    flip = {a: b, b: a}
+
+    def relabel(answer: str) -> str:
+        return _LETTER.sub(lambda m: m.group(0).replace(m.group(1), flip[m.group(1)]), answer, count=1)
+
+    return ContrastivePair(prompt, relabel(pair.positive), relabel(pair.negative), {**pair.meta, "swapped": True})
+
+
+def counterbalanced(pairs: Sequence[ContrastivePair]) -> list[ContrastivePair] | None:
+    """``pairs`` followed by each with its options swapped (:func:`swap_options`), or None if any
+    item cannot be swapped."""
+    swapped = [swap_options(p) for p in pairs]
+    if not pairs or any(s is None for s in swapped):
+        return None
+    return list(pairs) + [s for s in swapped if s is not None]
 
 
 def builtin_path(name: str) -> Path:

@@ -15,6 +15,7 @@ KV cache is shared by all variants, which are then one batched forward over the 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -91,6 +92,28 @@ def _answer_logprob(logits: torch.Tensor, rows: list[list[int]], starts: list[in
     return torch.stack(out)
 
 
+@contextmanager
+def float32_logits(lm):
+    """Within the block, the model's output layer computes its logits in float32 (a no-op for float32
+    models and for output layers whose weights are offloaded)."""
+    head = lm.model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if weight is None or weight.dtype == torch.float32 or weight.device.type == "meta":
+        yield
+        return
+    w = weight.float()
+    bias = head.bias.float() if getattr(head, "bias", None) is not None else None
+
+    def hook(module, args, output):
+        return torch.nn.functional.linear(args[0].float(), w, bias)
+
+    handle = head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def answer_logprobs(lm, pairs: Sequence[ContrastivePair], vector: SteeringVector | None = None,
                     variants: Sequence[Variant | float] = (0.0,), *, chat: bool = True, system: str | None = None,
@@ -99,27 +122,34 @@ def answer_logprobs(lm, pairs: Sequence[ContrastivePair], vector: SteeringVector
     variants = [v if isinstance(v, Variant) else Variant(float(v)) for v in variants]
     out = torch.empty(len(variants), len(pairs), 2)
     show = progress if progress is not None else len(pairs) > 20
-    for n, pair in enumerate(tqdm(pairs, desc="score", disable=not show, leave=False)):
-        item = _prepare(lm, pair, chat, system)
-        rows = [ids for _ in variants for ids in item.ids]
-        starts = [s for _ in variants for s in item.answer_start]
-        ivs = _interventions(vector, variants, 2, item.prefix)
-        if share_prefix:
-            prefix = torch.tensor([item.ids[0][: item.prefix]], device=lm.device)
-            cache = lm.model(input_ids=prefix, use_cache=True).past_key_values
-            cache.batch_repeat_interleave(len(rows))
-            suffix, mask = pad_ids([r[item.prefix:] for r in rows], lm.tokenizer.pad_token_id, "right", lm.device)
-            past = torch.ones(len(rows), item.prefix, dtype=mask.dtype, device=mask.device)
-            with steer(lm, ivs):
-                logits = lm.model(**lm.continuation_inputs(suffix, mask, past, cache)).logits
-            offset = item.prefix  # answers start after the prefix, so its own logits are never needed
-        else:
-            ids, mask = pad_ids(rows, lm.tokenizer.pad_token_id, "right", lm.device)
-            with steer(lm, ivs):
-                logits = lm.model(**lm.forward_inputs(ids, mask)).logits
-            offset = 0
-        out[:, n] = _answer_logprob(logits, rows, starts, offset).view(len(variants), 2).cpu()
+    with float32_logits(lm):
+        for n, pair in enumerate(tqdm(pairs, desc="score", disable=not show, leave=False)):
+            out[:, n] = _score_item(lm, pair, vector, variants, chat, system, share_prefix)
     return out
+
+
+def _score_item(lm, pair: ContrastivePair, vector: SteeringVector | None, variants: list[Variant], chat: bool,
+                system: str | None, share_prefix: bool) -> torch.Tensor:
+    """``[V, 2]`` log-probabilities of one item's two answers under every variant."""
+    item = _prepare(lm, pair, chat, system)
+    rows = [ids for _ in variants for ids in item.ids]
+    starts = [s for _ in variants for s in item.answer_start]
+    ivs = _interventions(vector, variants, 2, item.prefix)
+    if share_prefix:
+        prefix = torch.tensor([item.ids[0][: item.prefix]], device=lm.device)
+        cache = lm.model(input_ids=prefix, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        suffix, mask = pad_ids([r[item.prefix:] for r in rows], lm.tokenizer.pad_token_id, "right", lm.device)
+        past = torch.ones(len(rows), item.prefix, dtype=mask.dtype, device=mask.device)
+        with steer(lm, ivs):
+            logits = lm.model(**lm.continuation_inputs(suffix, mask, past, cache)).logits
+        offset = item.prefix  # answers start after the prefix, so its own logits are never needed
+    else:
+        ids, mask = pad_ids(rows, lm.tokenizer.pad_token_id, "right", lm.device)
+        with steer(lm, ivs):
+            logits = lm.model(**lm.forward_inputs(ids, mask)).logits
+        offset = 0
+    return _answer_logprob(logits, rows, starts, offset).view(len(variants), 2).cpu()
 
 
 def p_matching(logprobs: torch.Tensor) -> torch.Tensor:

@@ -85,12 +85,14 @@ class GeneralisationReport:
 def generalisation(lm, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair], layer: int, *,
                    dataset: str = "data", behaviour: tuple[str, str] | None = None, scale: float = 1.0,
                    multipliers: Sequence[float] = MULTIPLIERS, variants: Sequence[str] = VARIANTS,
-                   chat: bool = True, min_id: float = 1e-3, progress: bool | None = None) -> GeneralisationReport:
+                   chat: bool = True, min_id: float = 1e-3, counterbalance: bool | None = None,
+                   progress: bool | None = None) -> GeneralisationReport:
     for_text, against_text = behaviour or behaviour_sentences(dataset)
     vectors = {}
     for v in variants:
         pairs, system = render_variant(train, v, for_text, against_text)
-        vectors[v] = caa.extract(lm, pairs, layer, chat=chat, system=system, progress=progress)
+        vectors[v] = caa.extract(lm, pairs, layer, chat=chat, system=system, counterbalance=counterbalance,
+                                 measure_letter=False, progress=progress)
     base_norm = vectors["baseline"].norms()[layer] if "baseline" in vectors else None
     if base_norm is not None:
         vectors = {k: vec.normalized(base_norm) for k, vec in vectors.items()}

@@ -11,6 +11,16 @@ Alternative extractors behind the same call: ``method="pca"`` (first principal d
 differences) and ``method="probe"`` (logistic-regression direction separating positive from
 negative activations). Both are scaled so their mean projection of the differences equals that of
 the mean difference, which keeps multipliers comparable across methods.
+
+Answer letters. In A/B data an item's difference ``h(matching) - h(non-matching)`` also holds the
+difference between the two letters (``"(A)"`` vs ``"(B)"``), and on real models that letter part is
+most of it. A training set with more matching ``(A)`` than ``(B)`` then leaves a letter direction in
+the mean. ``counterbalance`` (the default wherever every item's options can be swapped) renders
+each item a second time with its option texts exchanged and its letters flipped, so each item
+contributes its behaviour twice and each letter once on each side: the letter terms cancel in the
+mean. The same four readings give the pure letter direction (``(A)`` minus ``(B)`` with the
+behaviour held fixed), and the vector's ``letter_share`` (the share of its norm along that
+direction) is written into its metadata for every A/B vector.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from ..capture import capture, capture_contrast
-from ..datasets import ContrastivePair, fingerprint, read_char
+from ..datasets import ContrastivePair, answer_letter, counterbalanced, describe_balance, fingerprint, read_char
 from ..tokens import Rendered, char_to_token, tokenize_with_offsets
 from ..vector import SteeringVector
 
@@ -112,23 +122,78 @@ def direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean") -> tor
     return d * projection
 
 
+def letter_signs(pairs: Sequence[ContrastivePair]) -> torch.Tensor:
+    """+1 where the matching answer's letter comes first in the alphabet (``(A)`` vs ``(B)``), else -1."""
+    signs = []
+    for p in pairs:
+        a, b = answer_letter(p.positive), answer_letter(p.negative)
+        if a is None or b is None:
+            raise ValueError("Letter directions need A/B items.")
+        signs.append(1.0 if a < b else -1.0)
+    return torch.tensor(signs)
+
+
+def letter_share(vector: torch.Tensor, letter: torch.Tensor) -> float:
+    """Share of ``vector``'s norm that lies along ``letter``: ``|v . u| / |v|`` with ``u`` the unit
+    letter direction (0 = none of it, 1 = all of it)."""
+    v, u = vector.double().flatten(), letter.double().flatten()
+    if float(v.norm()) == 0 or float(u.norm()) == 0:
+        return 0.0
+    return float((v @ u).abs() / (v.norm() * u.norm()))
+
+
+def letter_directions(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *, chat: bool = True,
+                      system: str | None = None, batch_size: int = 16, progress: bool | None = None
+                      ) -> dict[int, torch.Tensor]:
+    """The pure answer-letter direction ``h("(A)") - h("(B)")`` at each layer, behaviour held fixed:
+    every item is read as given and with its options swapped, so each letter carries the matching
+    and the non-matching answer equally often."""
+    layer_list = sorted({lm.check_layer(k) for k in ([layers] if isinstance(layers, int) else layers)})
+    both = counterbalanced(pairs)
+    if both is None:
+        raise ValueError("Letter directions need A/B items whose two options can be swapped.")
+    pos, neg = differences(lm, both, layer_list, chat=chat, system=system, batch_size=batch_size, progress=progress)
+    signs = letter_signs(both)[:, None]
+    return {k: (signs * (pos[k].float() - neg[k].float())).mean(0) for k in layer_list}
+
+
 @torch.no_grad()
 def extract(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *, method: str = "mean",
             chat: bool = True, system: str | None = None, batch_size: int = 16, share_prefix: bool = True,
+            counterbalance: bool | None = None, measure_letter: bool | None = None,
             progress: bool | None = None) -> SteeringVector:
-    """A CAA steering vector at each of ``layers`` (block outputs), from contrastive pairs."""
+    """A CAA steering vector at each of ``layers`` (block outputs), from contrastive pairs.
+
+    ``counterbalance``: also read every A/B item with its options swapped so the answer-letter
+    direction cancels (None: wherever every item can be swapped). ``measure_letter``: record each
+    layer's ``letter_share`` in the metadata (None: wherever the items can be swapped; free when
+    counterbalancing, one more reading of the swapped items otherwise).
+    """
     layer_list = sorted({lm.check_layer(k) for k in ([layers] if isinstance(layers, int) else layers)})
     if method not in METHODS:
         raise ValueError(f"Unknown CAA method {method!r}; expected one of {METHODS}.")
-    pos, neg = differences(lm, pairs, layer_list, chat=chat, system=system, batch_size=batch_size,
+    if not pairs:
+        raise ValueError("CAA needs at least one contrastive pair.")
+    both = counterbalanced(pairs)
+    if counterbalance and both is None:
+        raise ValueError("counterbalance=True needs A/B items whose two options can be swapped "
+                         "(datasets.swap_options returned None for some item).")
+    counterbalance = both is not None if counterbalance is None else counterbalance
+    measure_letter = both is not None if measure_letter is None else (measure_letter and both is not None)
+    read = both if (counterbalance or measure_letter) else list(pairs)
+    pos, neg = differences(lm, read, layer_list, chat=chat, system=system, batch_size=batch_size,
                            share_prefix=share_prefix, progress=progress)
-    vectors = {k: direction(pos[k], neg[k], method) for k in layer_list}
-    return SteeringVector(
-        vectors, model_name=lm.name, hidden_size=lm.hidden_size, method=f"caa-{method}", site="output",
-        apply="assistant",
-        meta={"n_pairs": len(pairs), "dataset_sha256": fingerprint(pairs), "chat": chat, "system": system,
-              "read": "output of block L at the answer-letter token (last answer token for text pairs)"},
-    )
+    used = slice(None) if counterbalance else slice(0, len(pairs))
+    vectors = {k: direction(pos[k][used], neg[k][used], method) for k in layer_list}
+    meta = {"n_pairs": len(pairs), "dataset_sha256": fingerprint(pairs), "chat": chat, "system": system,
+            "read": "output of block L at the answer-letter token (last answer token for text pairs)",
+            "balance": describe_balance(pairs), "counterbalanced": bool(counterbalance)}
+    if measure_letter:
+        signs = letter_signs(read)[:, None]
+        meta["letter_share"] = {str(k): round(letter_share(
+            vectors[k], (signs * (pos[k].float() - neg[k].float())).mean(0)), 4) for k in layer_list}
+    return SteeringVector(vectors, model_name=lm.name, hidden_size=lm.hidden_size, method=f"caa-{method}",
+                          site="output", apply="assistant", meta=meta)
 
 
 def normalize_to_mean_norm(vectors: Sequence[SteeringVector]) -> list[SteeringVector]:
