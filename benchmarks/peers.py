@@ -56,7 +56,9 @@ def bench_extraction(lm, pairs, layers_list, batch_size: int, repeats: int) -> t
         rendered.append(tuple(row))
 
     def ours(layers, n=None):
-        return caa.extract(lm, pairs[:n], layers, batch_size=batch_size, progress=False)
+        # The peers compute the plain mean difference: compare like with like (no second, swapped reading).
+        return caa.extract(lm, pairs[:n], layers, batch_size=batch_size, counterbalance=False, measure_letter=False,
+                           progress=False)
 
     def theirs(layers, n=None):
         return sv.train_steering_vector(lm.model, lm.tokenizer, rendered[:n], layers=layers,

@@ -42,10 +42,9 @@ def main() -> None:
     args = parser.parse_args()
     lm = steerlab.load_model()
     pairs = datasets.load(Path(args.shared) / "caa" / "sycophancy_test.json")
-    train, test = datasets.split(pairs)
+    train, test = datasets.split(pairs, n_train=32, n_test=args.items)
     layer, scale = 12, 4.0
-    vec = caa.extract(lm, train[:32], layer, progress=False)
-    test = test[: args.items]
+    vec = caa.extract(lm, train, layer, progress=False)
     variants = [Variant(m * scale, layer) for m in MULTIPLIERS]
     shared_t, loop_t = [], []
     for _ in range(args.repeats):

@@ -36,15 +36,16 @@ def main() -> None:
     out = Path(args.out)
     lines = [f"# Layer sweeps on {lm.name}", "",
              f"CAA mean-difference vectors from {args.train} training pairs, p(matching) on {args.test} held-out "
-             "pairs (whole-answer log-probabilities), multipliers -8/-2/+2/+8.", ""]
+             "pairs (whole-answer log-probabilities), multipliers -8/-2/+2/+8. Both parts balanced by the matching "
+             "letter; A/B vectors counterbalanced; each layer against a random direction of its norm.", ""]
     for label, source in sources.items():
         for form in ("letters", "open"):
             pairs = datasets.load(source)
             if form == "open":
                 pairs = datasets.to_open_answers(pairs)
-            train, test = datasets.split(pairs)
+            train, test = datasets.split(pairs, n_train=args.train, n_test=args.test)  # balanced by letter
             t = time.time()
-            result = layer_sweep(lm, train[: args.train], test[: args.test], layers, [-8, -2, 2, 8],
+            result = layer_sweep(lm, train, test, layers, [-8, -2, 2, 8],
                                  dataset=f"{label} ({form})", progress=False)
             name = f"sweep-{label.replace('/', '-')}-{form}"
             result.save(out, name)

@@ -199,3 +199,36 @@ def test_reliability_on_the_real_model_against_the_null(smol, tmp_path):
     # A tiny vector in the same direction is indistinguishable from the null and says so.
     faint = reliability(smol, vec * 1e-3, test[:8], scale=1.0, dataset="sentiment", n_boot=500, noise_items=0)
     assert faint.verdict().startswith("indistinguishable"), faint.summary()
+
+
+@pytest.mark.slow
+def test_cli_reliability_balances_and_writes_each_report(smol, shared_data, tmp_path, capsys):
+    from steerlab import cli
+
+    data = [str(shared_data / "mwe" / "xrisk" / "corrigible-neutral-HHH.jsonl"),
+            str(shared_data / "mwe" / "persona" / "narcissism.jsonl")]
+    assert cli.main(["reliability", "--data", *data, "--layer", "12", "--scale", "4", "--train", "8", "--test", "4",
+                     "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "8 training pairs ((A) 4 / (B) 4), 4 test pairs ((A) 2 / (B) 2)" in out
+    assert "(A) No 2 / (A) Yes 2 / (B) No 2 / (B) Yes 2" in out
+    assert out.count("null (random direction") == 2 and out.count("letter share") == 2
+    # Each report was written as its dataset finished: the first "wrote" comes before the second summary.
+    first_wrote = out.index("wrote")
+    assert first_wrote < out.index("narcissism.jsonl: mean steerability")
+    for stem in ("corrigible-neutral-HHH", "narcissism"):
+        md = (tmp_path / f"reliability-{stem}.md").read_text()
+        assert "training (A)" in md and "counterbalanced: True" in md
+    assert cli.main(["reliability", "--data", data[0], "--layer", "12", "--train", "900", "--test", "4",
+                     "--out", str(tmp_path)]) == 2
+    assert "at most" in capsys.readouterr().err
+
+
+def test_cli_model_help_lists_every_builtin_model(capsys):
+    from steerlab import cli
+    from steerlab.sources import BUILTIN_MODELS
+
+    with pytest.raises(SystemExit):
+        cli.main(["reliability", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in BUILTIN_MODELS)

@@ -224,12 +224,20 @@ def _load_builtin(name: str, **hf_kwargs):
     spec = BUILTIN_MODELS[name]
     cached = dequantised_cache_path(spec)
     if not (cached / "config.json").exists():
-        model, tokenizer = _load_gguf(builtin_gguf_path(spec))
+        from .gguf_convert import convert_gguf
+
+        gguf = builtin_gguf_path(spec)
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{spec.name}-"))
         try:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                streamed = convert_gguf(gguf, tmp)  # tensor by tensor: memory ~ one shard
+            if not streamed:
+                model, tokenizer = _load_gguf(gguf)
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                del model
             if cached.exists():  # a half-written copy from an interrupted run
                 shutil.rmtree(cached)
             os.replace(tmp, cached)
