@@ -27,6 +27,26 @@ def test_in_process_resume_and_failure_report(tmp_path):
     assert CALLS[-2:] == ["boom", "boom"]
 
 
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PLANTED_TASK_RAN",))
+
+
+def test_a_planted_task_file_never_runs_code(tmp_path, monkeypatch):
+    """--resume reads finished tasks back; a file planted under a task's name is ignored, not executed."""
+    CALLS.clear()
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "tasks"
+    assert map_tasks(_square, [3], model=None, resume_dir=folder) == [9]
+    (path,) = folder.glob("task-0-*.pt")
+    torch.save(_RunsCode(), path)
+    with pytest.warns(UserWarning, match="not a task result"):
+        assert map_tasks(_square, [3], model=None, resume_dir=folder) == [9]
+    assert not (tmp_path / "PLANTED_TASK_RAN").exists() and CALLS == [3, 3]
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")

@@ -1,5 +1,6 @@
 """The OpenAI-compatible server on the embedded model, driven by the official openai client."""
 
+import dataclasses
 import concurrent.futures as cf
 import json
 
@@ -114,6 +115,8 @@ def test_concurrent_requests_do_not_leak(server, client):
      '"multiplier": NaN}]}}', 400, "finite"),
     ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": [{"name": "sentiment", '
      '"multiplier": 1e9}]}}', 400, "multiplier"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": ['
+     + ", ".join(['{"name": "sentiment", "multiplier": 15}'] * 2) + ']}}', 400, "total |multiplier|"),
     ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"actadd": {"positive": "a", "negative": "b", '
      '"layer": 99}}}', 400, "layer"),
     ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"pace": {"task": "detox"}}}', 400,
@@ -251,3 +254,39 @@ def test_pace_requests_match_the_library(smol):
         r = httpx.post(live.url + "/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "hi"}], "steering": {"pace": {"task": "detox", "sign": "all"}}})
         assert r.status_code == 400
+
+
+def test_playground_shows_hostile_names_as_text_and_works_with_a_key(smol, vectors, artifacts_dir):
+    """Vector names and metadata holding HTML and script are shown literally and run nothing; with an
+    API key the page lists the vectors once the key is typed, and generates."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    evil_name = '<img src=x onerror="window.__pwned=1">'
+    evil = dataclasses.replace(vectors["sentiment"], method='<script>window.__pwned=2</script>caa')
+    app = create_app(smol, {evil_name: evil}, api_key="sesame", limits=Limits(max_tokens=16), max_batch=4)
+    with BackgroundServer(app) as live, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(live.url + "/")
+        page.wait_for_function("document.getElementById('status').textContent.includes('API key')")
+        page.fill("#api-key", "sesame")
+        page.dispatch_event("#api-key", "change")
+        slider = page.locator("input.mult")
+        slider.wait_for()
+        assert slider.get_attribute("data-name") == evil_name
+        listing = page.inner_text("#vectors")
+        assert evil_name in listing and "<script>window.__pwned=2</script>caa" in listing
+        slider.fill("4")
+        page.fill("#max-tokens", "8")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('done')", timeout=120_000)
+        steered = page.inner_text("#out-steered")
+        pwned = page.evaluate("window.__pwned === undefined ? null : window.__pwned")
+        page.screenshot(path=str(artifacts_dir / "playground-hostile.png"), full_page=True)
+        browser.close()
+    assert pwned is None
+    assert steered.strip() and "error" not in steered.lower()

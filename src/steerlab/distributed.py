@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,28 @@ class _Worker:
         return fn(self.lm, task)
 
 
+def _result_types() -> list[type]:
+    """The classes a finished task may hold; nothing else is rebuilt from a task file."""
+    from .evaluate.generalisation import GeneralisationReport
+    from .evaluate.reliability import ReliabilityReport
+    from .evaluate.sweep import SweepResult
+
+    return [SweepResult, ReliabilityReport, GeneralisationReport]
+
+
+def _load_result(path: Path) -> tuple[Any, bool]:
+    """A finished task's result, read with torch's weights-only unpickler (tensors, plain containers
+    and the report classes above): a planted or damaged file is ignored and its task runs again,
+    and no code in it ever runs."""
+    try:
+        with torch.serialization.safe_globals(_result_types()):
+            return torch.load(path, weights_only=True), True
+    except Exception as err:  # noqa: BLE001 - any unreadable file means "not done"
+        warnings.warn(f"Ignoring {path}: not a task result this library wrote ({type(err).__name__}); "
+                      "the task runs again.", stacklevel=3)
+        return None, False
+
+
 def map_tasks(fn: Callable[[Any, Any], Any], tasks: Sequence[Any], *, model, ray: str | None = None,
               workers: int = 2, retries: int = 1, resume_dir: str | os.PathLike | None = None,
               desc: str = "tasks", on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
@@ -75,8 +98,8 @@ def map_tasks(fn: Callable[[Any, Any], Any], tasks: Sequence[Any], *, model, ray
         for i, task in enumerate(tasks):
             path = folder / f"task-{i}-{_key(task)}.pt"
             if path.exists():
-                results[i], done[i] = torch.load(path, weights_only=False), True
-                if on_result is not None:
+                results[i], done[i] = _load_result(path)
+                if done[i] and on_result is not None:
                     on_result(i, results[i])
 
     def finish(i: int, value: Any) -> None:

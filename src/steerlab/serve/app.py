@@ -95,12 +95,16 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
     def check_steering(steering: Steering | None) -> None:
         if steering is None:
             return
+        total: dict[str, float] = {}
         for v in steering.vectors:
             if v.name not in vectors:
                 raise APIError(404, f"Unknown vector {v.name!r}; GET /v1/vectors lists them: {sorted(vectors)}.",
                                param="steering.vectors", code="vector_not_found")
-            if abs(v.multiplier) > limits.max_multiplier:
-                raise APIError(400, f"multiplier {v.multiplier} is outside +-{limits.max_multiplier}.",
+            # The limit holds for each vector's combined strength: listing one vector many times adds up.
+            total[v.name] = total.get(v.name, 0.0) + abs(v.multiplier)
+            if total[v.name] > limits.max_multiplier:
+                raise APIError(400, f"multiplier {v.multiplier} of {v.name!r} brings its total |multiplier| in this "
+                               f"request to {total[v.name]:g}, outside +-{limits.max_multiplier}.",
                                param="steering.vectors.multiplier")
         if steering.actadd is not None:
             a = steering.actadd
