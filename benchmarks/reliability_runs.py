@@ -43,10 +43,25 @@ def load_split(shared: Path, spec, n_train: int, n_test: int, balance: bool) -> 
     return datasets.split(datasets.load(shared / spec), n_train=n_train, n_test=n_test, balance=balance)
 
 
-def _beyond(r: ReliabilityReport) -> str:
-    if not r.beyond_null_ci:
+def _null_r2_a(r: ReliabilityReport) -> str:
+    """Variance of the null's per-item slopes explained by 'matching is (A)' (from the stored slopes for
+    reports written before the field existed)."""
+    if r.null_spurious_r2_a is not None:
+        return f"{r.null_spurious_r2_a:.2f}"
+    if not r.null_slopes or not r.matching_letters:
         return "-"
-    return "yes" if r.beyond_null_ci[0] > 0 else ("against" if r.beyond_null_ci[1] < 0 else "no")
+    import torch
+
+    from steerlab.evaluate.reliability import variance_explained
+
+    null = torch.tensor(r.null_slopes).view(-1, r.n_items).mean(0)
+    is_a = torch.tensor([[float(x == "A")] for x in r.matching_letters])
+    return f"{variance_explained(null, is_a)[0]:.2f}" if 0 < is_a.sum() < len(is_a) else "-"
+
+
+def _beyond(r: ReliabilityReport) -> str:
+    return {"beyond": "yes", "against": "against", "null": "no", "noise": "below noise floor",
+            "none": "-"}[r.effect_code()]
 
 
 def main() -> None:
@@ -123,12 +138,14 @@ def main() -> None:
                 "; plain mean difference (not counterbalanced)") + f". Total {time.time() - t_all:.0f} s.", "",
              "Brackets: 95% bootstrap intervals over items. Null: the same analysis with a random direction of "
              "the vector's norm at the same layer; 'beyond null' when the interval of the per-item difference "
-             "(vector slope - null slope) excludes zero. Letter share: share of the vector's norm along the "
-             "pure (A)-(B) direction.", "",
+             "(vector slope - null slope) excludes zero, 'below noise floor' when neither moves propensity over "
+             "the multiplier range by more than the numeric noise floor (the largest change of an unsteered "
+             "propensity between a shared-prefix batch and the item alone). Letter share: share of the "
+             "vector's norm along the pure (A)-(B) direction.", "",
              "| dataset | train balance | norm | letter share | p(match) -/0/+ | mean slope [95% CI] | "
-             "anti-steerable [95% CI] | null anti-st. | beyond null? | line R^2 | R^2 by A | R^2 by Yes | "
-             "ID | OOD (user-) | relative |",
-             "|---|---|---:|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "anti-steerable [95% CI] | null anti-st. | beyond null? | line R^2 | R^2 by A | null R^2 by A | "
+             "R^2 by Yes | ID | OOD (user-) | relative |",
+             "|---|---|---:|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         r, g = row["rep"], row["gen"]
         yes = "-" if r.spurious_r2_yes is None else f"{r.spurious_r2_yes:.2f}"
@@ -142,7 +159,7 @@ def main() -> None:
         lines.append(f"| {row['dataset']} | {r.train_balance or '-'} | {r.vector_norm:.2f} | {share} | "
                      f"{ends[0]:.3f}/{r.unsteered_p_matching:.3f}/{ends[1]:.3f} | {r.mean_slope:+.3f} {ci} | "
                      f"{r.anti_steerable_fraction:.0%} {aci} | {r.null_anti_steerable_fraction:.0%} | "
-                     f"{_beyond(r)} | {r.mean_r2:.2f} | {r.spurious_r2_a:.2f} | {yes} {gen_cells} |")
+                     f"{_beyond(r)} | {r.mean_r2:.2f} | {r.spurious_r2_a:.2f} | {_null_r2_a(r)} | {yes} {gen_cells} |")
     if ids:
         lines += ["", f"Spearman correlation of ID and OOD (user-) steerability across datasets: "
                   f"{spearman(ids, oods):+.2f}."]

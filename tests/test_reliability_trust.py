@@ -1,6 +1,8 @@
 """What makes a reliability result trustworthy: letter-balanced splits, counterbalanced (letter-free)
 vectors, bootstrap intervals that cover, a random-direction null, float32 scores on bf16 models."""
 
+import dataclasses
+
 import pytest
 import torch
 from tiny import tiny_model
@@ -159,6 +161,8 @@ def test_random_direction_null_has_mean_slope_near_zero():
     null = SteeringVector({2: random_direction(vec.layers[2], seed=0)}, vec.model_name, vec.hidden_size)
     rep = reliability(lm, null, pairs[4:], scale=2.0, seed=0, n_boot=200, noise_items=0)
     assert rep.beyond_null_ci == [0.0, 0.0] and rep.verdict().startswith("indistinguishable")
+    # Effects smaller than the numeric noise floor are not called in either direction.
+    assert dataclasses.replace(rep, noise_floor=1e9).effect_code() == "noise"
 
 
 def test_float32_scores_on_a_bfloat16_model():

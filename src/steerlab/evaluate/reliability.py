@@ -114,16 +114,27 @@ class ReliabilityReport:
     def has_null(self) -> bool:
         return bool(self.beyond_null_ci)
 
-    def verdict(self) -> str:
-        """Whether the vector moves propensities beyond a random direction of its norm."""
+    def effect_code(self) -> str:
+        """``"beyond"`` / ``"against"`` (the interval of vector minus null slopes excludes zero),
+        ``"null"`` (it does not), ``"noise"`` (neither the vector nor the null moves propensity over the
+        whole multiplier range by more than the numeric noise floor, so nothing can be resolved), or
+        ``"none"`` (no null was run)."""
         if not self.has_null:
-            return "no null reference"
+            return "none"
+        span = max(self.multipliers) - min(self.multipliers)
+        largest = max(abs(self.mean_slope), abs(self.null_mean_slope)) * span
+        if self.noise_floor is not None and largest < self.noise_floor:
+            return "noise"
         lo, hi = self.beyond_null_ci
-        if lo > 0:
-            return "steers beyond the null"
-        if hi < 0:
-            return "steers against the behaviour, beyond the null"
-        return "indistinguishable from a random direction of the same norm"
+        return "beyond" if lo > 0 else "against" if hi < 0 else "null"
+
+    def verdict(self) -> str:
+        """Whether the vector moves propensities beyond a random direction of its norm, in words."""
+        return {"none": "no null reference",
+                "noise": "below the numeric noise floor: no effect can be resolved",
+                "beyond": "steers beyond the null",
+                "against": "steers against the behaviour, beyond the null",
+                "null": "indistinguishable from a random direction of the same norm"}[self.effect_code()]
 
     def summary(self) -> str:
         yes = "n/a" if self.spurious_r2_yes is None else f"{self.spurious_r2_yes:.2f}"
