@@ -75,7 +75,9 @@ def convert_gguf(path: Path, out: Path, *, shard_bytes: int = SHARD_BYTES) -> bo
         raise ValueError(f"{path.name}: the conversion found no tensors for {sorted(missing - tied)[:5]}")
     index = {"metadata": {"total_size": sum((out / f).stat().st_size for f in files)}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config.torch_dtype = torch.float32
+    config.dtype = torch.float32
+    config.architectures = [type(skeleton).__name__]
     config.save_pretrained(out)
+    skeleton.generation_config.save_pretrained(out)
     AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(out)
     return True
