@@ -122,6 +122,10 @@ def test_concurrent_requests_do_not_leak(server, client):
     ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"pace": {"task": "detox"}}}', 400,
      "dictionary"),
     ('{"messages": [{"role": "wizard", "content": "hi"}]}', 400, "role"),
+    ('{"messages": [{"role": "user", "content": "hi \\ud800"}]}', 400, "surrogate"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "seed": 1180591620717411303424}', 400, "seed"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}', 400, "max_tokens"),
+    ('{"messages": [{"role": "user", "content": "' + "a " * 14000 + '"}]}', 400, "context"),
 ])
 def test_bad_input_gets_an_openai_style_error(server, body, status, fragment):
     r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
@@ -280,13 +284,28 @@ def test_playground_shows_hostile_names_as_text_and_works_with_a_key(smol, vecto
         assert slider.get_attribute("data-name") == evil_name
         listing = page.inner_text("#vectors")
         assert evil_name in listing and "<script>window.__pwned=2</script>caa" in listing
-        slider.fill("4")
-        page.fill("#max-tokens", "8")
+        slider.fill("8")
+        page.fill("#max-tokens", "16")
         page.click("#generate")
         page.wait_for_function("document.getElementById('status').textContent.startsWith('done')", timeout=120_000)
-        steered = page.inner_text("#out-steered")
+        steered, plain = page.inner_text("#out-steered"), page.inner_text("#out-plain")
+        shown = page.inner_text("#vectors .val")
         pwned = page.evaluate("window.__pwned === undefined ? null : window.__pwned")
         page.screenshot(path=str(artifacts_dir / "playground-hostile.png"), full_page=True)
         browser.close()
     assert pwned is None
-    assert steered.strip() and "error" not in steered.lower()
+    assert shown == "8" and steered.strip() and "error" not in steered.lower() and steered != plain
+
+
+def test_edge_values_that_are_valid_requests_answer_200(server):
+    """Temperatures that would divide logits into infinities decode greedily; a system message holding
+    the renderer's internal marker text is just text."""
+    for extra in ({"temperature": 5e-324}, {"temperature": 1e-6, "seed": 3}):
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
+        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+    marker = "\u2063steerlab-user-text\u2063"
+    body = {"messages": [{"role": "system", "content": f"be {marker} brief"}, {"role": "user", "content": marker}],
+            "max_tokens": 4}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text

@@ -123,3 +123,26 @@ def test_vector_applies_as_interventions():
         same = lm.model(**batch.model_inputs()).logits
     assert not torch.allclose(plain, steered)
     assert torch.equal(steered, same)
+
+
+def test_non_finite_vectors_and_non_object_headers_are_refused(tmp_path):
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    from steerlab.vector import FORMAT, SteeringVector, VectorFileError
+
+    bad = SteeringVector({1: torch.tensor([1.0, float("nan"), 0.0, 0.0])}, "m", 4)
+    bad.save(tmp_path / "nan.safetensors")
+    with pytest.raises(VectorFileError, match="NaN or infinite"):
+        SteeringVector.load(tmp_path / "nan.safetensors")
+    header = {"format": FORMAT, "layers": [1], "model_name": "m", "hidden_size": 4, "meta": [1, 2]}
+    save_file({"layer.1": torch.zeros(4)}, str(tmp_path / "list-meta.safetensors"),
+              metadata={"steerlab": _json.dumps(header)})
+    with pytest.raises(VectorFileError, match="JSON objects"):
+        SteeringVector.load(tmp_path / "list-meta.safetensors")
+    header.update(meta={}, hidden_size=1e999)
+    save_file({"layer.1": torch.zeros(4)}, str(tmp_path / "huge.safetensors"),
+              metadata={"steerlab": _json.dumps(header)})
+    with pytest.raises(VectorFileError, match="damaged"):
+        SteeringVector.load(tmp_path / "huge.safetensors")

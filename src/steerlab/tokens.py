@@ -49,6 +49,8 @@ def render_prompt(tokenizer: Any, prompt: str, *, chat: bool = True, system: str
     # Render around a marker so the user's text is found exactly (even when empty or also present
     # in the system prompt), then put the text in its place.
     marker = "\u2063steerlab-user-text\u2063"
+    while marker in prompt or (system and marker in system) or marker in assistant_prefix:
+        marker += "\u2063"  # a text holding the marker itself must not confuse the search
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
         {"role": "user", "content": marker}
     ]

@@ -151,6 +151,10 @@ class SteeringVector:
             vec = load_control_vector(path, model)
         else:
             vec = _read_safetensors(path)
+        bad = [k for k, t in vec.layers.items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            raise VectorFileError(f"{path}: layer {bad[0]} holds NaN or infinite values; such a vector would break "
+                                  "every generation it touches. Re-create the file.")
         if model is not None:
             vec.check_model(model, allow_other_model)
         return vec
@@ -179,6 +183,8 @@ def _read_safetensors(path: Path) -> SteeringVector:
         raise VectorFileError(f"{path} is a safetensors file but not a steerlab vector (no 'steerlab' metadata).")
     try:
         header = json.loads(raw)
+        if not isinstance(header, dict) or not isinstance(header.get("meta", {}), dict):
+            raise ValueError("the header and its 'meta' must be JSON objects")
         if header.get("format") != FORMAT:
             raise ValueError("wrong format tag")
         layers = {int(name.split(".", 1)[1]): t for name, t in tensors.items() if name.startswith("layer.")}
@@ -190,5 +196,5 @@ def _read_safetensors(path: Path) -> SteeringVector:
             apply=header.get("apply", "assistant"), meta=header.get("meta", {}),
             version=header.get("library_version", "unknown"),
         )
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, OverflowError) as err:
         raise VectorFileError(f"{path} has a damaged steerlab header: {err}.") from err

@@ -131,21 +131,38 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
             if abs(p.strength) > limits.max_multiplier:
                 raise APIError(400, f"pace.strength {p.strength} is too large.", param="steering.pace.strength")
 
+    context = getattr(lm.model.config, "max_position_embeddings", None)
+
     def make_job(req, rendered: Rendered, max_tokens: int | None, emit) -> Job:
         if req.n != 1:
             raise APIError(400, "Only n=1 is supported.", param="n")
+        try:  # a lone surrogate ("\ud800") parses as JSON but is no text a tokenizer can take
+            json.dumps(req.model_dump(), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "The request holds a string with an unpaired UTF-16 surrogate; send valid "
+                                "Unicode text.") from None
         n_tokens = min(limits.default_tokens, limits.max_tokens) if max_tokens is None else max_tokens
         if not 1 <= n_tokens <= limits.max_tokens:
             raise APIError(400, f"max_tokens must be between 1 and {limits.max_tokens}.", param="max_tokens")
         if not 0 <= req.temperature <= 2 or not 0 < req.top_p <= 1 or abs(req.frequency_penalty) > 2:
             raise APIError(400, "temperature must be in [0, 2], top_p in (0, 1], frequency_penalty in [-2, 2].")
+        if req.seed is not None and not 0 <= req.seed < 2**63:
+            raise APIError(400, "seed must be between 0 and 2**63 - 1.", param="seed")
         if len(rendered.text) > limits.max_prompt_chars:
             raise APIError(400, f"The prompt is over {limits.max_prompt_chars} characters.", param="messages")
+        if context is not None:
+            n_prompt = len(lm.tokenizer(rendered.text, add_special_tokens=False)["input_ids"])
+            if n_prompt + n_tokens > context:
+                raise APIError(400, f"The prompt is {n_prompt} tokens and max_tokens {n_tokens}: together over "
+                                    f"{lm.name}'s context of {context} tokens.", param="messages",
+                               code="context_length_exceeded")
         check_steering(req.steering)
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stop) > 4:
             raise APIError(400, "At most 4 stop sequences.", param="stop")
-        return Job(rendered, req.steering, n_tokens, req.temperature > 0, req.temperature or 1.0, req.top_p,
+        # Temperatures this small divide logits into infinities; they mean greedy decoding.
+        sample = req.temperature >= 1e-4
+        return Job(rendered, req.steering, n_tokens, sample, req.temperature if sample else 1.0, req.top_p,
                    req.frequency_penalty, req.seed, stop, emit, req.stream)
 
     async def run(req, rendered: Rendered, max_tokens: int | None, chat: bool):
@@ -205,7 +222,8 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
         rendered = render_messages(lm, req.messages)
-        return await run(req, rendered, req.max_completion_tokens or req.max_tokens, chat=True)
+        tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        return await run(req, rendered, tokens, chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):

@@ -15,7 +15,7 @@ import json
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +24,8 @@ import torch
 from ..generation import generate_ids, resolve_steering, transform_batch
 from ..tokens import Rendered
 from .protocol import Steering
+
+ACTADD_CACHE = 32  # distinct ActAdd pairs kept (each costs one extraction to rebuild)
 
 
 class QueueFull(Exception):
@@ -50,7 +52,10 @@ class Job:
         if self.steering is not None and (self.steering.actadd or self.steering.pace):
             special = [self.steering.actadd.model_dump() if self.steering.actadd else None,
                        self.steering.pace.model_dump() if self.steering.pace else None]
-        return json.dumps([self.do_sample, self.temperature, self.top_p, self.frequency_penalty, self.seed, special])
+        # A seeded request runs alone: its random draws must not depend on what else is in the batch.
+        alone = id(self) if self.seed is not None else None
+        return json.dumps([self.do_sample, self.temperature, self.top_p, self.frequency_penalty, self.seed, special,
+                           alone])
 
 
 class _RowStreamer:
@@ -114,7 +119,7 @@ class Engine:
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.eos_ids = set(eos) | ({lm.tokenizer.eos_token_id} if lm.tokenizer.eos_token_id is not None else set())
         self._partitions: dict = {}
-        self._actadd: dict = {}
+        self._actadd: OrderedDict = OrderedDict()  # ActAdd vectors by pair, most recent last
         self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0}
         self._stop = threading.Event()
         if start_thread:
@@ -189,6 +194,9 @@ class Engine:
             key = (a.positive, a.negative, a.layer, a.coeff)
             if key not in self._actadd:
                 self._actadd[key] = extract(self.lm, a.positive, a.negative, a.layer, coeff=a.coeff, chat=True)
+                while len(self._actadd) > ACTADD_CACHE:  # bounded: the least recently used pair goes
+                    self._actadd.popitem(last=False)
+            self._actadd.move_to_end(key)
             items.append(ActAddSteering(self._actadd[key], mode="pad"))
         if first is not None and first.pace is not None:
             from ..pace import PaCE
