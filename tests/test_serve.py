@@ -3,6 +3,7 @@
 import dataclasses
 import concurrent.futures as cf
 import json
+import time
 
 import pytest
 
@@ -309,3 +310,58 @@ def test_edge_values_that_are_valid_requests_answer_200(server):
             "max_tokens": 4}
     r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
     assert r.status_code == 200, r.text
+
+
+def test_a_client_that_leaves_stops_costing_generation(smol):
+    """Measured with the engine's own token counter: a streaming client that disconnects after a few
+    chunks, and a non-streaming one that times out, stop generation within a few tokens; the same
+    request kept open runs to its max_tokens."""
+    app = create_app(smol, {}, limits=Limits(max_tokens=200), max_batch=1)
+    body = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 200, "temperature": 0}
+    with BackgroundServer(app) as live:
+        def generated() -> int:
+            return httpx.get(live.url + "/health").json()["generated_tokens"]
+
+        def settle() -> int:  # wait until the engine is idle and its counter still
+            last = -1
+            for _ in range(120):
+                now = generated()
+                if now == last and httpx.get(live.url + "/health").json()["queued"] == 0:
+                    return now
+                last = now
+                time.sleep(0.5)
+            return last
+
+        start = settle()
+        full = httpx.post(live.url + "/v1/completions", json=body, timeout=300).json()
+        kept = settle() - start
+        assert kept == full["usage"]["completion_tokens"] == 200
+        start = settle()
+        with httpx.stream("POST", live.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            for i, _ in enumerate(r.iter_lines()):
+                if i >= 4:
+                    break
+        streamed = settle() - start
+        start = settle()
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(live.url + "/v1/completions", json=body, timeout=1.0)
+        timed_out = settle() - start
+        cancelled = httpx.get(live.url + "/health").json()["cancelled"]
+    assert streamed < 40, streamed
+    assert timed_out < 120, timed_out
+    assert cancelled == 2
+
+
+def test_the_queue_bound_holds_for_requests_that_cannot_share_a_batch(smol):
+    """Seeded requests each run alone; with max_queue=2 most of a burst of 8 is turned away (429)."""
+    app = create_app(smol, {}, limits=Limits(max_tokens=32), max_queue=2, max_batch=4)
+    with BackgroundServer(app) as live:
+        def one(seed: int) -> int:
+            body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 32,
+                    "temperature": 1.0, "seed": seed}
+            return httpx.post(live.url + "/v1/chat/completions", json=body, timeout=300).status_code
+
+        with cf.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(one, range(8)))
+        assert httpx.get(live.url + "/health").json()["queued"] == 0
+    assert set(codes) <= {200, 429} and codes.count(429) >= 4, codes

@@ -69,9 +69,10 @@ def resolve_steering(steering, batch) -> list[Intervention]:
 @torch.no_grad()
 def generate_ids(lm, batch, interventions: Sequence[Intervention], *, max_new_tokens: int, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, frequency_penalty: float = 0.0,
-                 streamer=None) -> torch.Tensor:
+                 streamer=None, stopping_criteria: Sequence | None = None) -> torch.Tensor:
     """New token ids ``[B, new]`` for one prepared batch under ``interventions`` (already resolved for
-    this batch). ``streamer``: a transformers streamer, given the new tokens of every row each step."""
+    this batch). ``streamer``: a transformers streamer, given the new tokens of every row each step;
+    ``stopping_criteria``: extra per-row criteria (rows they mark finished stop there)."""
     width = batch.input_ids.shape[1]
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=lm.tokenizer.pad_token_id)
     if do_sample:
@@ -84,6 +85,10 @@ def generate_ids(lm, batch, interventions: Sequence[Intervention], *, max_new_to
         kwargs["logits_processor"] = LogitsProcessorList([FrequencyPenalty(frequency_penalty, width)])
     if streamer is not None:
         kwargs["streamer"] = streamer
+    if stopping_criteria:
+        from transformers import StoppingCriteriaList
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
     with steer(lm, interventions, batch=batch):
         out = lm.model.generate(**batch.model_inputs(), **kwargs)
     return out[:, width:]

@@ -14,7 +14,7 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from ..tokens import Rendered
 from .engine import Engine, Job, QueueFull
@@ -49,6 +49,35 @@ def render_messages(lm, messages) -> Rendered:
     return Rendered(text, max(start, 0), max(start, 0) + len(last), len(head) if text.startswith(head) else len(text))
 
 
+class _AnswerOrCancel(Response):
+    """A non-streaming answer that waits for its job while watching the connection: if the client
+    disconnects first, the job is cancelled (the engine stops generating for it) and nothing is sent.
+    (Watching ``receive`` here, in the response, works behind middleware, where
+    ``Request.is_disconnected`` in the endpoint does not see the disconnect.)"""
+
+    def __init__(self, answer, job: Job) -> None:
+        super().__init__()
+        self.answer, self.job = answer, job
+
+    async def __call__(self, scope, receive, send) -> None:
+        waiter = asyncio.ensure_future(self.answer())
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            self.job.cancelled.set()
+            waiter.cancel()
+            return
+        watcher.cancel()
+        await waiter.result()(scope, receive, send)
+
+
 def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str | None = None,
                limits: Limits | None = None, max_queue: int = 64, max_batch: int = 8,
                batch_wait: float = 0.01, engine_thread: bool = True) -> FastAPI:
@@ -57,6 +86,9 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
     ``engine_thread=False``: nothing generates until you call ``app.state.engine.run_forever()``
     (do that on the main thread for the best CPU speed)."""
     vectors = dict(vectors or {})
+    for name, vec in vectors.items():  # one broken vector would fail every batch that uses it
+        if not all(bool(t.isfinite().all()) for t in vec.layers.values()):
+            raise ValueError(f"Vector {name!r} holds NaN or infinite values; refusing to serve it.")
     limits = limits or Limits()
     engine = Engine(lm, vectors, dictionary=dictionary, max_queue=max_queue, max_batch=max_batch,
                     batch_wait=batch_wait, start_thread=engine_thread)
@@ -177,21 +209,24 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
         created = int(time.time())
         model = lm.name
         if not req.stream:
-            while True:
-                ev = await events.get()
-                if "error" in ev:
-                    raise APIError(500, ev["error"], type="server_error")
-                if ev.get("done"):
-                    break
-            if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": ev["text"]},
-                          "finish_reason": ev["finish_reason"]}
-                obj = "chat.completion"
-            else:
-                choice = {"index": 0, "text": ev["text"], "logprobs": None, "finish_reason": ev["finish_reason"]}
-                obj = "text_completion"
-            return JSONResponse({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice],
-                                 "usage": ev["usage"]})
+            async def answer() -> JSONResponse:
+                while True:
+                    ev = await events.get()
+                    if "error" in ev:
+                        return JSONResponse(APIError(500, ev["error"], type="server_error").body(), status_code=500)
+                    if ev.get("done"):
+                        break
+                if chat:
+                    choice = {"index": 0, "message": {"role": "assistant", "content": ev["text"]},
+                              "finish_reason": ev["finish_reason"]}
+                    obj = "chat.completion"
+                else:
+                    choice = {"index": 0, "text": ev["text"], "logprobs": None, "finish_reason": ev["finish_reason"]}
+                    obj = "text_completion"
+                return JSONResponse({"id": rid, "object": obj, "created": created, "model": model,
+                                     "choices": [choice], "usage": ev["usage"]})
+
+            return _AnswerOrCancel(answer, job)
 
         def chunk(delta: dict | None = None, text: str | None = None, reason=None) -> str:
             if chat:
@@ -203,19 +238,25 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
             return f"data: {json.dumps(body)}\n\n"
 
         async def stream():
-            if chat:
-                yield chunk({"role": "assistant", "content": ""})
-            while True:
-                ev = await events.get()
-                if "error" in ev:
-                    yield f"data: {json.dumps(APIError(500, ev['error'], type='server_error').body())}\n\n"
-                    break
-                if "delta" in ev:
-                    yield chunk({"content": ev["delta"]}, ev["delta"])
-                if ev.get("done"):
-                    yield chunk({}, "", ev["finish_reason"])
-                    break
-            yield "data: [DONE]\n\n"
+            finished = False
+            try:
+                if chat:
+                    yield chunk({"role": "assistant", "content": ""})
+                while True:
+                    ev = await events.get()
+                    if "error" in ev:
+                        yield f"data: {json.dumps(APIError(500, ev['error'], type='server_error').body())}\n\n"
+                        break
+                    if "delta" in ev:
+                        yield chunk({"content": ev["delta"]}, ev["delta"])
+                    if ev.get("done"):
+                        yield chunk({}, "", ev["finish_reason"])
+                        break
+                finished = True
+                yield "data: [DONE]\n\n"
+            finally:
+                if not finished:  # the client went away mid-stream: stop generating for it
+                    job.cancelled.set()
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
@@ -251,7 +292,8 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": lm.name, "queued": engine.queued, "batches": engine.stats["batches"],
-                "requests": engine.stats["requests"], "max_batch_seen": engine.stats["max_batch_seen"]}
+                "requests": engine.stats["requests"], "max_batch_seen": engine.stats["max_batch_seen"],
+                "generated_tokens": engine.stats["generated_tokens"], "cancelled": engine.stats["cancelled"]}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground():

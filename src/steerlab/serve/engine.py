@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from transformers import StoppingCriteria
 
 from ..generation import generate_ids, resolve_steering, transform_batch
 from ..tokens import Rendered
@@ -46,6 +47,8 @@ class Job:
     emit: Callable[[dict], None]  # called from the worker thread with events (thread-safe sink)
     stream: bool = False
     submitted: float = field(default_factory=time.perf_counter)
+    # Set by the HTTP side when the client goes away; the engine then stops generating for it.
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     def group_key(self) -> str:
         special = None
@@ -76,6 +79,11 @@ class _RowStreamer:
             if self.done[i]:
                 continue
             job = self.jobs[i]
+            self.engine.stats["generated_tokens"] += 1
+            if job.cancelled.is_set():
+                self.done[i] = True
+                self.engine.stats["cancelled"] += 1
+                continue
             if tok in self.engine.eos_ids:
                 self.done[i] = True
                 continue
@@ -95,6 +103,18 @@ class _RowStreamer:
         pass
 
 
+class _RowsDone(StoppingCriteria):
+    """Stopping criterion: a row is finished once its job is done or its client left, so the batch
+    stops as soon as every row is (instead of running to the longest max_tokens)."""
+
+    def __init__(self, streamer: _RowStreamer) -> None:
+        self.streamer = streamer
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = [d or job.cancelled.is_set() for d, job in zip(self.streamer.done, self.streamer.jobs)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 def _safe_prefix(text: str, stops: list[str]) -> int:
     """How much of ``text`` can be sent: not a trailing partial character, nor what might begin a stop string."""
     n = len(text)
@@ -112,29 +132,33 @@ class Engine:
     def __init__(self, lm, vectors: dict, *, dictionary=None, max_queue: int = 64, max_batch: int = 8,
                  batch_wait: float = 0.01, start_thread: bool = True) -> None:
         self.lm, self.vectors, self.dictionary = lm, vectors, dictionary
-        self.max_batch, self.batch_wait = max_batch, batch_wait
-        self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self.max_batch, self.batch_wait, self.max_queue = max_batch, batch_wait, max_queue
+        self.queue: queue.Queue[Job] = queue.Queue()
+        self._waiting = 0  # submitted, not yet generating: in the queue, held back, or being grouped
+        self._lock = threading.Lock()
         self._held: deque[Job] = deque()
         eos = lm.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.eos_ids = set(eos) | ({lm.tokenizer.eos_token_id} if lm.tokenizer.eos_token_id is not None else set())
         self._partitions: dict = {}
         self._actadd: OrderedDict = OrderedDict()  # ActAdd vectors by pair, most recent last
-        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0}
+        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0, "generated_tokens": 0, "cancelled": 0}
         self._stop = threading.Event()
         if start_thread:
             threading.Thread(target=self.run_forever, name="steerlab-engine", daemon=True).start()
 
     # ------------------------------------------------------------------ public
     def submit(self, job: Job) -> None:
-        try:
-            self.queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFull(f"the server is busy: {self.queue.maxsize} requests are queued") from None
+        """Queue a job; one bound holds for every kind of request, however they group into batches."""
+        with self._lock:
+            if self._waiting >= self.max_queue:
+                raise QueueFull(f"the server is busy: {self.max_queue} requests are queued")
+            self._waiting += 1
+        self.queue.put_nowait(job)
 
     @property
     def queued(self) -> int:
-        return self.queue.qsize() + len(self._held)
+        return self._waiting
 
     def close(self) -> None:
         self._stop.set()
@@ -172,6 +196,11 @@ class Engine:
             try:
                 group = self._next_group()
             except queue.Empty:
+                continue
+            with self._lock:
+                self._waiting -= len(group)
+            group = [job for job in group if not job.cancelled.is_set()]  # left while waiting
+            if not group:
                 continue
             try:
                 self._generate(group)
@@ -226,7 +255,8 @@ class Engine:
         streamer = _RowStreamer(self, jobs)
         ids = generate_ids(lm, batch, ivs, max_new_tokens=max(j.max_tokens for j in jobs), do_sample=first.do_sample,
                            temperature=first.temperature, top_p=first.top_p,
-                           frequency_penalty=first.frequency_penalty, streamer=streamer)
+                           frequency_penalty=first.frequency_penalty, streamer=streamer,
+                           stopping_criteria=[_RowsDone(streamer)])
         prompt_tokens = batch.lengths.tolist()
         for i, job in enumerate(jobs):
             row = ids[i].tolist()
