@@ -365,3 +365,12 @@ def test_the_queue_bound_holds_for_requests_that_cannot_share_a_batch(smol):
             codes = list(pool.map(one, range(8)))
         assert httpx.get(live.url + "/health").json()["queued"] == 0
     assert set(codes) <= {200, 429} and codes.count(429) >= 4, codes
+
+
+def test_a_keyless_server_answers_only_loopback_host_names(server):
+    """DNS rebinding: a page on another origin reaches 127.0.0.1 but sends its own Host header."""
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+        r = httpx.get(server.url + "/v1/models", headers={"host": host})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed"
+    for host in ("localhost", "127.0.0.1:1234", "[::1]:80"):
+        assert httpx.get(server.url + "/v1/models", headers={"host": host}).status_code == 200

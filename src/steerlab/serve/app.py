@@ -109,8 +109,21 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
         return JSONResponse(APIError(400, f"{msg}" + (f" (at {where})" if where else ""), param=where or None).body(),
                             status_code=400)
 
+    local_names = {"localhost", "127.0.0.1", "::1"}
+
     @app.middleware("http")
     async def _guard(request: Request, call_next):
+        if not api_key:
+            # Without a key the server trusts whoever reaches it, so only requests addressed to this
+            # machine by name are served: a page elsewhere that rebinds its DNS name to 127.0.0.1
+            # sends its own Host header and is refused.
+            host = request.headers.get("host", "")
+            name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+            if name.lower() not in local_names:
+                return JSONResponse(APIError(403, f"Host {host!r} is not this server's loopback name; a server "
+                                                  "without an API key answers only localhost / 127.0.0.1 / [::1]. "
+                                                  "Start it with --api-key to serve other names.",
+                                             code="host_not_allowed").body(), status_code=403)
         size = request.headers.get("content-length")
         if size and size.isdigit() and int(size) > limits.max_body_bytes:
             return JSONResponse(APIError(413, f"The request body is over {limits.max_body_bytes} bytes.").body(),
