@@ -199,6 +199,12 @@ class ReliabilityReport:
             spread += list(band)
             ax.axvspan(*band, color="grey", alpha=0.25, label=f"null ({self.null_directions} random direction"
                        + ("s" if self.null_directions > 1 else "") + "), mean ± 2 s.d.")
+        if self.noise_floor:
+            # A slope this small changes propensity over the whole multiplier range by less than rounding does.
+            noise = self.noise_floor / (max(self.multipliers) - min(self.multipliers))
+            spread += [-noise, noise]
+            ax.axvspan(-noise, noise, facecolor="none", edgecolor="#7570b3", hatch="//", lw=0,
+                       label="numeric noise floor")
         lo, hi = min(spread), max(spread)
         pad = 0.05 * (hi - lo) or 1e-3
         bins = torch.linspace(lo - pad, hi + pad, 31).tolist()
