@@ -181,3 +181,35 @@ def test_generate_helper_with_vector():
     zero = lm.generate(PROMPTS, max_new_tokens=6, steering=vec * 0.0)
     assert zero == plain
     assert steered != plain
+
+
+def test_steer_and_generate_accept_the_same_steering_objects():
+    """ActAdd steering works in lm.steer (with the batch it steers) as in lm.generate, and gives the same
+    tokens; without a batch the error says what to pass."""
+    from steerlab.methods import actadd
+
+    lm = tiny_model("llama")
+    vec = actadd.extract(lm, "Love", "Hate", 1, coeff=4.0, chat=False)
+    steering = actadd.ActAddSteering(vec)
+    prompts = ["I went up to my friend and said", "The weather today is"]
+    want = lm.generate(prompts, steering=steering, max_new_tokens=5, chat=False)
+    batch = actadd.prepare(lm, prompts, steering, chat=False)
+    with lm.steer(steering, batch=batch):
+        out = lm.model.generate(**batch.model_inputs(), max_new_tokens=5, do_sample=False,
+                                pad_token_id=lm.tokenizer.pad_token_id)
+    got = lm.tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+    assert [g.strip() for g in got] == [w.strip() for w in want]
+    with pytest.raises(ValueError, match="batch="):
+        with lm.steer(steering):
+            pass
+
+
+def test_per_row_strengths_of_the_wrong_length_are_an_error():
+    lm = tiny_model("llama")
+    batch = lm.prepare(["a b c", "d e", "f", "g h"], chat=False)
+    iv = add(1, torch.ones(lm.hidden_size), strength=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="2 per-row strengths but the batch has 4 prompts"):
+        with lm.steer(iv, batch=batch):
+            pass
+    with pytest.raises(ValueError, match="per-row strengths"):
+        lm.generate(["a b c", "d e", "f", "g h"], steering=iv, max_new_tokens=2, chat=False)

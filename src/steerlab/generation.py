@@ -55,15 +55,7 @@ def transform_batch(lm, batch, steering):
 def resolve_steering(steering, batch) -> list[Intervention]:
     """Interventions for one prompt batch: objects with ``for_batch(batch)`` (e.g. ActAdd) are asked
     for theirs; SteeringVectors and Interventions are used as they are."""
-    out: list[Intervention] = []
-    for item in steering_items(steering):
-        if item is None:
-            continue
-        if hasattr(item, "for_batch"):
-            out.extend(item.for_batch(batch))
-        else:
-            out.extend(flatten_interventions([item]))
-    return out
+    return flatten_interventions(steering_items(steering), batch)
 
 
 @torch.no_grad()

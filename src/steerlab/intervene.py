@@ -311,7 +311,14 @@ def steer(lm, *interventions, batch=None) -> Iterator[list[Intervention]]:
     ``batch``: the :class:`~steerlab.tokens.PromptBatch` being run, needed for landmark windows
     (``"assistant"``) and so per-row strengths line up with its rows.
     """
-    flat = flatten_interventions(interventions)
+    flat = flatten_interventions(interventions, batch)
+    if batch is not None:
+        rows = batch.input_ids.shape[0]
+        for iv in flat:
+            n = torch.as_tensor(iv.strength).numel() if not isinstance(iv.strength, (int, float)) else 1
+            if torch.as_tensor(iv.strength).ndim == 1 and n != rows:
+                raise ValueError(f"Intervention at layer {iv.layer} has {n} per-row strengths but the batch has "
+                                 f"{rows} prompts; give one strength per prompt (or one number for all).")
     owner = threading.get_ident()
     state = _ForwardState()
     handles = []
@@ -363,17 +370,26 @@ def _install_block_hook(block: nn.Module, site: str, resolved: list[_Resolved], 
     return block.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
 
-def flatten_interventions(items) -> list[Intervention]:
+def flatten_interventions(items, batch=None) -> list[Intervention]:
+    """Interventions from anything steerable: Interventions, objects with ``interventions()`` (a
+    SteeringVector), objects with ``for_batch(batch)`` (ActAdd, PaCE: they need the prompt batch),
+    and lists or tuples of these."""
     out: list[Intervention] = []
     for item in items:
         if item is None:
             continue
         if isinstance(item, Intervention):
             out.append(item)
+        elif hasattr(item, "for_batch") and (batch is not None or not hasattr(item, "interventions")):
+            if batch is None:
+                raise ValueError(f"{type(item).__name__} needs the prompt batch it steers: pass batch=lm.prepare(...) "
+                                 "(and prepare it with the same steering object if it reshapes prompts).")
+            out.extend(item.for_batch(batch))
         elif hasattr(item, "interventions"):
             out.extend(item.interventions())
         elif isinstance(item, (list, tuple)):
-            out.extend(flatten_interventions(item))
+            out.extend(flatten_interventions(item, batch))
         else:
-            raise TypeError(f"Cannot steer with {type(item).__name__}; expected Intervention or SteeringVector.")
+            raise TypeError(f"Cannot steer with {type(item).__name__}; expected Intervention, SteeringVector, "
+                            "ActAdd/PaCE steering or a list of them.")
     return out
