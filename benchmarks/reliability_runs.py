@@ -19,7 +19,7 @@ from common import save_report
 
 import steerlab
 from steerlab import datasets
-from steerlab.evaluate.generalisation import generalisation, spearman
+from steerlab.evaluate.generalisation import GeneralisationReport, generalisation, spearman
 from steerlab.evaluate.reliability import ReliabilityReport, reliability
 from steerlab.methods import caa
 
@@ -108,21 +108,28 @@ def main() -> None:
         t = time.time()
         stem = f"reliability-{lm.name}-{name.split(' ')[0]}"
         done = out / "reliability" / f"{stem}.json"
-        if args.resume and done.exists() and args.no_generalisation:
+        short = name.split(" ")[0]
+        gen_path = out / "reliability" / f"generalisation-{lm.name}-{short}.json"
+        wants_gen = not args.no_generalisation and short in args.gen_datasets.split(",")
+        if args.resume and done.exists():  # reuse what an earlier (interrupted) run finished
             rep = ReliabilityReport(**json.loads(done.read_text()))
-            rows.append({"dataset": name, "rep": rep, "seconds": 0.0, "gen": None})
             print(f"{rep.summary()} [from {done}]", flush=True)
-            continue
-        print(f"{name}: training {datasets.describe_balance(train)}; test {datasets.describe_balance(test)}",
-              flush=True)
-        vec = caa.extract(lm, train, layer, counterbalance=False if args.no_counterbalance else None, progress=False)
-        rep = reliability(lm, vec, test, scale=args.scale, dataset=name, letter_pairs=train, progress=True)
-        rep.save(out / "reliability", stem)
+        else:
+            print(f"{name}: training {datasets.describe_balance(train)}; test {datasets.describe_balance(test)}",
+                  flush=True)
+            vec = caa.extract(lm, train, layer, counterbalance=False if args.no_counterbalance else None,
+                              progress=False)
+            rep = reliability(lm, vec, test, scale=args.scale, dataset=name, letter_pairs=train, progress=True)
+            rep.save(out / "reliability", stem)
         row = {"dataset": name, "rep": rep, "seconds": 0.0, "gen": None}
-        if not args.no_generalisation and name.split(" ")[0] in args.gen_datasets.split(","):
-            gen = generalisation(lm, train[: args.gen_train], test[: args.gen_test], layer, dataset=name.split(" ")[0],
-                                 scale=args.scale, progress=False)
-            gen.save(out / "reliability", f"generalisation-{lm.name}-{name.split(' ')[0]}")
+        if wants_gen:
+            if args.resume and gen_path.exists():
+                gen = GeneralisationReport(**json.loads(gen_path.read_text()))
+            else:
+                gen = generalisation(lm, train[: args.gen_train], test[: args.gen_test], layer, dataset=short,
+                                     scale=args.scale, counterbalance=False if args.no_counterbalance else None,
+                                     progress=False)
+                gen.save(out / "reliability", gen_path.stem)
             row["gen"] = gen
             ids.append(gen.id_steerability)
             oods.append(gen.ood_steerability["user-"])
@@ -135,7 +142,9 @@ def main() -> None:
              f"test; CAA sycophancy: generate file trains, test file tests); "
              + ("slices balanced by the matching letter" if balance else "first-N slices, NOT balanced")
              + ("; vectors counterbalanced over swapped options" if not args.no_counterbalance else
-                "; plain mean difference (not counterbalanced)") + f". Total {time.time() - t_all:.0f} s.", "",
+                "; plain mean difference (not counterbalanced)")
+             + (". This invocation (--resume reused finished datasets): " if args.resume else ". Total: ")
+             + f"{time.time() - t_all:.0f} s.", "",
              "Brackets: 95% bootstrap intervals over items. Null: the same analysis with a random direction of "
              "the vector's norm at the same layer; 'beyond null' when the interval of the per-item difference "
              "(vector slope - null slope) excludes zero, 'below noise floor' when neither moves propensity over "
