@@ -198,6 +198,18 @@ def split(pairs: Sequence[ContrastivePair], train_fraction: float = 0.5, *, n_tr
     return train, test
 
 
+MAX_FILE_BYTES = 512 * 2**20
+
+
+def _check_text(value: str, where: str, key: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(f"{where}: field {key!r} holds an unpaired UTF-16 surrogate (\\ud800-\\udfff); "
+                           "fix the text.") from None
+    return value
+
+
 def _need(item: Any, key: str, where: str) -> str:
     if not isinstance(item, dict):
         raise DatasetError(f"{where}: expected a JSON object, got {type(item).__name__}.")
@@ -205,33 +217,47 @@ def _need(item: Any, key: str, where: str) -> str:
         raise DatasetError(f"{where}: missing field {key!r}.")
     value = item[key]
     if not isinstance(value, str) or (key != "question" and not value.strip()):
-        raise DatasetError(f"{where}: field {key!r} must be a non-empty string, got {value!r}.")
-    return value
+        raise DatasetError(f"{where}: field {key!r} must be a non-empty string, got {str(value)[:80]!r}.")
+    return _check_text(value, where, key)
 
 
-def _jsonl(path: Path) -> Iterable[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: not valid JSON ({err.msg}).") from None
+def _parse(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = f"line {err.lineno}: " if "line" not in where else ""
+        raise DatasetError(f"{where}: not valid JSON ({line}{err.msg}).") from None
+    except (ValueError, RecursionError) as err:  # 5,000-digit integers, nesting deeper than Python recurses
+        raise DatasetError(f"{where}: JSON the loader refuses ({type(err).__name__}: {str(err)[:120]}).") from None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; anything that is not a readable UTF-8 file is a DatasetError naming it."""
+    if not path.exists():
+        raise DatasetError(f"No dataset file at {path}.")
+    if not path.is_file():  # a directory, a FIFO or a device would hang or fail further down
+        raise DatasetError(f"{path} is not a regular file; give a dataset file (.json or .jsonl).")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise DatasetError(f"{path} is over {MAX_FILE_BYTES // 2**20} MiB; split it into smaller files.")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DatasetError(f"{path}, line {line}: not UTF-8 text (byte {raw[err.start]:#04x} at offset "
+                           f"{err.start}); save the file as UTF-8.") from None
 
 
 def _records(path: Path) -> Iterable[tuple[str, Any]]:
     path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"No dataset file at {path}.")
+    text = _read_text(path)
     if path.suffix == ".jsonl":
-        yield from _jsonl(path)
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                where = f"{path}, line {number}"
+                yield where, _parse(line, where)
         return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}).") from None
+    data = _parse(text, str(path))
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of items.")
     for i, item in enumerate(data):
@@ -274,6 +300,7 @@ def load_text_pairs(path: str | Path) -> list[ContrastivePair]:
         prompt = item.get("prompt", "") if isinstance(item, dict) else ""
         if not isinstance(prompt, str):
             raise DatasetError(f"{where}: field 'prompt' must be a string.")
+        _check_text(prompt, where, "prompt")
         pairs.append(ContrastivePair(prompt, pos, neg, {"source": where}))
     return pairs
 
@@ -291,7 +318,7 @@ def load(path_or_name: str | Path) -> list[ContrastivePair]:
         raise DatasetError(f"{where}: expected a JSON object.")
     if "positive" in item:
         pairs = load_text_pairs(path)
-    elif "statement" in item or item.get("answer_matching_behavior", "").strip() in ("Yes", "No"):
+    elif "statement" in item or str(item.get("answer_matching_behavior", "")).strip() in ("Yes", "No"):
         pairs = load_persona(path)
     elif "answer_matching_behavior" in item:
         pairs = load_ab(path)
