@@ -374,3 +374,40 @@ def test_a_keyless_server_answers_only_loopback_host_names(server):
         assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed"
     for host in ("localhost", "127.0.0.1:1234", "[::1]:80"):
         assert httpx.get(server.url + "/v1/models", headers={"host": host}).status_code == 200
+
+
+def test_a_job_that_breaks_its_batch_fails_alone(smol, vectors):
+    """The engine re-runs a failed batch job by job: only the broken job reports an error. (The broken
+    job here names a vector the engine does not have, which the HTTP layer would have refused.)"""
+    import threading
+
+    from steerlab.serve.engine import Engine, Job
+    from steerlab.serve.protocol import Steering
+
+    engine = Engine(smol, vectors, max_batch=4, batch_wait=0.3, start_thread=False)
+    results: dict = {}
+    done = threading.Event()
+
+    def sink(name):
+        def emit(ev):
+            if "error" in ev or ev.get("done"):
+                results[name] = ev
+                if len(results) == 3:
+                    done.set()
+        return emit
+
+    def job(name, steering=None):
+        return Job(smol.render("Tell me about your weekend."), steering, 6, False, 1.0, 1.0, 0.0, None, [],
+                   sink(name))
+
+    engine.submit(job("plain"))
+    engine.submit(job("broken", Steering(vectors=[{"name": "missing", "multiplier": 2}])))
+    engine.submit(job("steered", Steering(vectors=[{"name": "sentiment", "multiplier": 4}])))
+    worker = threading.Thread(target=engine.run_forever, daemon=True)
+    worker.start()
+    assert done.wait(120)
+    engine.close()
+    assert "error" in results["broken"] and "missing" in results["broken"]["error"]
+    assert results["plain"]["text"] and results["steered"]["text"]
+    assert results["plain"]["text"] != results["steered"]["text"]
+    assert engine.stats["max_batch_seen"] == 3  # they really shared a batch first

@@ -146,3 +146,28 @@ def test_non_finite_vectors_and_non_object_headers_are_refused(tmp_path):
               metadata={"steerlab": _json.dumps(header)})
     with pytest.raises(VectorFileError, match="damaged"):
         SteeringVector.load(tmp_path / "huge.safetensors")
+
+
+def test_saving_keeps_the_file_mode_and_refuses_bad_sites_and_layers(tmp_path):
+    import os
+    import stat
+
+    from steerlab.vector import SteeringVector
+
+    vec = SteeringVector({1: torch.ones(4)}, "m", 4)
+    path = tmp_path / "v.safetensors"
+    vec.save(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
+    os.chmod(path, 0o640)
+    vec.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    with pytest.raises(ValueError, match="site"):
+        SteeringVector({1: torch.ones(4)}, "m", 4, site="bogus")
+    with pytest.raises(ValueError, match="from 0"):
+        SteeringVector({-1: torch.ones(4)}, "m", 4)
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(VectorFileError, match="not a regular file"):
+        SteeringVector.load(fifo)

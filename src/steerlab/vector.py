@@ -13,7 +13,7 @@ import torch
 
 from . import __version__
 from .safefile import atomic_save
-from .intervene import Intervention, Rows, Window, add
+from .intervene import SITES, Intervention, Rows, Window, add
 
 FORMAT = "steerlab.steering_vector"
 FORMAT_VERSION = 1
@@ -47,6 +47,10 @@ class SteeringVector:
             raise ValueError("A SteeringVector needs at least one layer.")
         if self.apply not in APPLY_MODES:
             raise ValueError(f"apply={self.apply!r}; expected one of {APPLY_MODES}.")
+        if self.site not in SITES:
+            raise ValueError(f"site={self.site!r}; expected one of {SITES}.")
+        if any(int(k) < 0 for k in self.layers):
+            raise ValueError(f"Layers are block indices from 0; got {sorted(int(k) for k in self.layers)}.")
         self.layers = {int(k): v.detach() for k, v in sorted(self.layers.items())}
         for layer, t in self.layers.items():
             if t.shape[-1] != self.hidden_size or t.ndim not in (1, 2):
@@ -145,6 +149,8 @@ class SteeringVector:
         path = Path(path)
         if not path.exists():
             raise VectorFileError(f"No vector file at {path}.")
+        if not path.is_file():  # a FIFO or a device would block the reader
+            raise VectorFileError(f"{path} is not a regular file.")
         if path.suffix == ".gguf":
             from .gguf_io import load_control_vector
 

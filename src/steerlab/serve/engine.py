@@ -49,6 +49,7 @@ class Job:
     submitted: float = field(default_factory=time.perf_counter)
     # Set by the HTTP side when the client goes away; the engine then stops generating for it.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    streamed: bool = False  # some text was already sent: a failure can no longer be retried silently
 
     def group_key(self) -> str:
         special = None
@@ -97,6 +98,7 @@ class _RowStreamer:
             safe = len(text) if self.done[i] else _safe_prefix(text, job.stop)
             if job.stream and safe > self.sent[i]:
                 job.emit({"delta": text[self.sent[i]: safe]})
+                job.streamed = True
                 self.sent[i] = safe
 
     def end(self) -> None:
@@ -202,11 +204,29 @@ class Engine:
             group = [job for job in group if not job.cancelled.is_set()]  # left while waiting
             if not group:
                 continue
+            self._generate_isolated(group)
+
+    def _generate_isolated(self, group: list[Job]) -> None:
+        """Generate a batch; if it fails, run each of its jobs alone so only a failing job reports an
+        error and the others get their answers (a bad request never fails another client's)."""
+        try:
+            self._generate(group)
+            return
+        except Exception as err:  # noqa: BLE001 - reported to the client, and the engine keeps serving
+            failure = f"{type(err).__name__}: {err}"
+        if len(group) == 1:
+            group[0].emit({"error": failure})
+            return
+        for job in group:
+            if job.cancelled.is_set():
+                continue
+            if job.streamed:  # its client has part of an answer already: report instead of restarting
+                job.emit({"error": failure})
+                continue
             try:
-                self._generate(group)
-            except Exception as err:  # report to every waiting client; keep serving
-                for job in group:
-                    job.emit({"error": f"{type(err).__name__}: {err}"})
+                self._generate([job])
+            except Exception as err:  # noqa: BLE001
+                job.emit({"error": f"{type(err).__name__}: {err}"})
 
     def _steering_items(self, jobs: list[Job]) -> list:
         from ..methods.actadd import ActAddSteering, extract
