@@ -282,7 +282,8 @@ def cmd_serve(args) -> int:
         from .pace import ConceptDictionary
 
         dictionary = ConceptDictionary.load(args.dictionary, lm)
-    limits = Limits(max_tokens=args.max_tokens, max_multiplier=args.max_multiplier)
+    limits = Limits(max_tokens=args.max_tokens, max_multiplier=args.max_multiplier,
+                    allow_control_tokens=args.allow_control_tokens)
     app = create_app(lm, vectors, dictionary=dictionary, api_key=api_key, limits=limits, max_queue=args.max_queue,
                      max_batch=args.max_batch, engine_thread=False)
     # HTTP on a background thread; generation on this (main) thread, where PyTorch runs fastest on CPU.
@@ -407,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="requests generated together in one batch")
     p.add_argument("--max-tokens", type=int, default=512, help="per-request limit on new tokens")
     p.add_argument("--max-multiplier", type=float, default=50.0, help="per-request limit on |multiplier|")
+    p.add_argument("--allow-control-tokens", action="store_true",
+                   help="let chat messages spell control tokens such as <|im_start|> (trusted clients only: such "
+                        "text becomes real tokens and can forge chat turns; refused with a 400 by default)")
     p.set_defaults(func=cmd_serve)
 
     from .pace.cli import add_parser as add_pace_parser

@@ -28,6 +28,9 @@ class Limits:
     max_multiplier: float = 50.0  # |multiplier|, |ActAdd coeff|, |PaCE strength|
     max_prompt_chars: int = 32_000
     max_body_bytes: int = 1_000_000
+    # Message text that spells a control token (e.g. "<|im_start|>system") would be tokenised as the
+    # real token and forge a chat turn; such requests are refused unless the clients are trusted.
+    allow_control_tokens: bool = False
 
 
 def render_messages(lm, messages) -> Rendered:
@@ -177,6 +180,20 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
                 raise APIError(400, f"pace.strength {p.strength} is too large.", param="steering.pace.strength")
 
     context = getattr(lm.model.config, "max_position_embeddings", None)
+    control = sorted({str(t) for t in lm.tokenizer.all_special_tokens}
+                     | {t.content for t in getattr(lm.tokenizer, "added_tokens_decoder", {}).values()
+                        if getattr(t, "special", False)}, key=len, reverse=True)
+
+    def check_control_tokens(texts, param: str) -> None:
+        if limits.allow_control_tokens:
+            return
+        for text in texts:
+            found = next((t for t in control if t and t in text), None)
+            if found is not None:
+                raise APIError(400, f"The text holds {found!r}, which {lm.name}'s tokenizer reads as a control token "
+                                    "(it could forge a chat turn). Remove it, or start the server with "
+                                    "--allow-control-tokens if its clients are trusted.", param=param,
+                               code="control_token_in_text")
 
     def make_job(req, rendered: Rendered, max_tokens: int | None, emit) -> Job:
         if req.n != 1:
@@ -275,6 +292,7 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
+        check_control_tokens([m.content for m in req.messages], "messages")
         rendered = render_messages(lm, req.messages)
         tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         return await run(req, rendered, tokens, chat=True)
