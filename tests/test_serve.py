@@ -413,3 +413,17 @@ def test_a_job_that_breaks_its_batch_fails_alone(smol, vectors):
     assert results["plain"]["text"] and results["steered"]["text"]
     assert results["plain"]["text"] != results["steered"]["text"]
     assert engine.stats["max_batch_seen"] == 3  # they really shared a batch first
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(smol):
+    app = create_app(smol, {}, limits=Limits(max_body_bytes=10_000))
+    with BackgroundServer(app) as live:
+        def chunks():
+            for _ in range(1000):  # 1,000 x 1,000 bytes, no Content-Length
+                yield b"x" * 1000
+
+        r = httpx.post(live.url + "/v1/chat/completions", content=chunks(),
+                       headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code == 413 and "over 10000 bytes" in r.json()["error"]["message"]
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert httpx.post(live.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200

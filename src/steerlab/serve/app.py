@@ -52,6 +52,45 @@ def render_messages(lm, messages) -> Rendered:
     return Rendered(text, max(start, 0), max(start, 0) + len(last), len(head) if text.startswith(head) else len(text))
 
 
+class _BodyLimit:
+    """ASGI middleware: read each request body (chunked ones too) up to ``limit`` bytes before the app
+    sees it; a longer body is answered 413 at once and never held whole in memory."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending its body
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                body = json.dumps(APIError(413, f"The request body is over {self.limit} bytes.").body()).encode()
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # afterwards: the connection's own messages (disconnect)
+
+        await self.app(scope, replay, send)
+
+
 class _AnswerOrCancel(Response):
     """A non-streaming answer that waits for its job while watching the connection: if the client
     disconnects first, the job is cancelled (the engine stops generating for it) and nothing is sent.
@@ -97,6 +136,7 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
                     batch_wait=batch_wait, start_thread=engine_thread)
     app = FastAPI(title="steerlab", version="1")
     app.state.engine = engine
+    app.add_middleware(_BodyLimit, limit=limits.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
