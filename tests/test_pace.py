@@ -283,3 +283,43 @@ def test_pace_cli_on_the_embedded_model(tmp_path):
     assert all(r["perplexity"] > 1 and r["ms_per_token"] > 0 and len(r["texts"]) == 2 for r in report["results"])
     assert (out / "pace-positive-sentiment.png").stat().st_size > 10_000
     assert main(["pace", "eval", "--dictionary", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_forged_dictionary_files_are_refused(tmp_path):
+    """NaN atoms, integer atoms and tensors whose byte ranges overlap (a centre read from the atoms'
+    bytes) are refused with DictionaryFileError."""
+    import json as _json
+    import struct
+
+    from steerlab.pace.dictionary import ConceptDictionary, DictionaryFileError
+
+    atoms = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    good = ConceptDictionary(["a", "b", "c"], {2: atoms}, "m", 8, {2: torch.zeros(8)})
+    path = good.save(tmp_path / "good.safetensors")
+    ConceptDictionary.load(path)
+
+    def rewrite(name, change):
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = _json.loads(raw[8:8 + n])
+        data = bytearray(raw[8 + n:])
+        change(header, data)
+        text = _json.dumps(header).encode()
+        out = tmp_path / name
+        out.write_bytes(struct.pack("<Q", len(text)) + text + bytes(data))
+        return out
+
+    def nan_atoms(header, data):
+        begin = header["atoms.2"]["data_offsets"][0]
+        data[begin:begin + 4] = struct.pack("<f", float("nan"))
+
+    def int_atoms(header, data):
+        header["atoms.2"]["dtype"] = "I32"
+
+    def overlap(header, data):
+        header["centre.2"]["data_offsets"] = [0, 32]  # the first 8 floats of the atoms
+
+    for name, change, message in (("nan", nan_atoms, "NaN"), ("int", int_atoms, "floating point"),
+                                  ("overlap", overlap, "overlap")):
+        with pytest.raises(DictionaryFileError, match=message):
+            ConceptDictionary.load(rewrite(f"{name}.safetensors", change))

@@ -68,6 +68,10 @@ def mmap_tensors(path: str | os.PathLike, names=None) -> dict[str, torch.Tensor]
     header, start = read_header(path)
     size = os.path.getsize(path)
     out = {}
+    spans = sorted((tuple(e["data_offsets"]), n) for n, e in header.items() if n != "__metadata__")
+    for (prev, prev_name), (cur, name) in zip(spans, spans[1:]):
+        if cur[0] < prev[1]:  # two tensors reading the same bytes: a forged or corrupt header
+            raise ValueError(f"tensors {prev_name!r} and {name!r} overlap in the file")
     for name, entry in header.items():
         if name == "__metadata__" or (names is not None and name not in names):
             continue
@@ -75,9 +79,11 @@ def mmap_tensors(path: str | os.PathLike, names=None) -> dict[str, torch.Tensor]
         dtype = _NP_DTYPES.get(entry["dtype"])
         if dtype is None:
             raise ValueError(f"tensor {name!r} has dtype {entry['dtype']}, which steerlab does not memory-map")
-        if start + end > size:
+        if not 0 <= begin <= end or start + end > size:
             raise ValueError(f"tensor {name!r} runs past the end of the file (truncated?)")
         count = int(np.prod(entry["shape"])) if entry["shape"] else 1
+        if count * np.dtype(dtype).itemsize != end - begin:
+            raise ValueError(f"tensor {name!r}: shape {entry['shape']} does not match its {end - begin} bytes")
         arr = np.memmap(path, dtype=dtype, mode="c", offset=start + begin, shape=(count,))
         out[name] = torch.from_numpy(arr).reshape(entry["shape"])
     return out

@@ -108,7 +108,16 @@ class ConceptDictionary:
             centres = {int(k): tensors[f"centre.{k}"] for k in header["layers"] if f"centre.{k}" in tensors}
             out = cls(list(header["concepts"]), atoms, header["model_name"], int(header["hidden_size"]),
                       centres, header.get("meta", {}))
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            for k, a in list(atoms.items()) + list(centres.items()):
+                if not a.is_floating_point():
+                    raise ValueError(f"layer {k} holds {a.dtype} values, not floating point")
+                if not bool(torch.isfinite(a).all()):
+                    raise ValueError(f"layer {k} holds NaN or infinite values")
+            for k, a in atoms.items():
+                if a.ndim != 2 or tuple(a.shape) != (len(out.concepts), out.hidden_size):
+                    raise ValueError(f"atoms of layer {k} have shape {tuple(a.shape)}, expected "
+                                     f"[{len(out.concepts)}, {out.hidden_size}]")
+        except (OSError, ValueError, KeyError, TypeError, OverflowError) as err:
             raise DictionaryFileError(f"{path} is not a readable concept dictionary ({err}). Rebuild it with "
                                       "`steerlab pace build`.") from err
         if model is not None and model.hidden_size != out.hidden_size:
