@@ -323,3 +323,19 @@ def test_forged_dictionary_files_are_refused(tmp_path):
                                   ("overlap", overlap, "overlap")):
         with pytest.raises(DictionaryFileError, match=message):
             ConceptDictionary.load(rewrite(f"{name}.safetensors", change))
+
+
+def test_labels_file_keeps_awkward_concept_names_and_refuses_conflicts(tmp_path):
+    from steerlab.pace.dictionary import ConceptDictionary
+    from steerlab.pace.partition import Partition
+
+    names = ["concept", "#hash", "tab\there", "back\\slash", "line\u2028sep", "plain"]
+    atoms = torch.nn.functional.normalize(torch.randn(len(names), 8), dim=1)
+    d = ConceptDictionary(names, {1: atoms}, "m", 8)
+    labels = Partition("detox", names, torch.tensor([True, True, True, True, True, False]), None, "test")
+    path = labels.save(tmp_path / "labels.tsv")
+    back = Partition.load(path, d)
+    assert back.undesirable.tolist() == labels.undesirable.tolist() and back.task == "detox"
+    path.write_text(path.read_text() + "plain\tundesirable\t0\n")
+    with pytest.raises(ValueError, match=r"labels.tsv:\d+: concept 'plain' is labelled undesirable here but benign"):
+        Partition.load(path, d)

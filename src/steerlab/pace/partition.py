@@ -88,7 +88,7 @@ class Partition:
         lines = [f"# steerlab concept labels; task={self.task}; source={self.source}", "concept\tlabel\tscore"]
         scores = self.scores.tolist() if self.scores is not None else [float("nan")] * len(self.concepts)
         for c, u, s in zip(self.concepts, self.undesirable.tolist(), scores):
-            lines.append(f"{c}\t{LABELS[int(u)]}\t{s:.4f}")
+            lines.append(f"{_escape(c)}\t{LABELS[int(u)]}\t{s:.4f}")
         text = "\n".join(lines) + "\n"
         return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
@@ -100,21 +100,52 @@ class Partition:
             raise FileNotFoundError(f"No labels file at {path}.")
         undesirable = torch.zeros(len(dictionary), dtype=torch.bool)
         found_task = task
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        seen: dict[str, tuple[int, str]] = {}
+        header_allowed = True
+        # Lines end at "\n" only (names may hold other Unicode line breaks); "\r\n" files are fine.
+        for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+            line = line.removesuffix("\r")
             if line.startswith("#"):
                 if found_task is None and "task=" in line:
                     found_task = line.split("task=", 1)[1].split(";")[0].strip()
                 continue
-            if not line.strip() or line.startswith("concept\t"):
+            if not line.strip():
                 continue
+            if header_allowed and line.startswith("concept\tlabel"):  # the column names, once, at the top
+                header_allowed = False
+                continue
+            header_allowed = False
             parts = line.split("\t")
             if len(parts) < 2 or parts[1].strip() not in LABELS:
                 raise ValueError(f"{path}:{n}: expected 'concept<TAB>benign|undesirable', got {line!r}.")
-            concept = parts[0].strip()
+            concept, label = _unescape(parts[0].strip()), parts[1].strip()
             if concept not in dictionary._index:
                 raise ValueError(f"{path}:{n}: concept {concept!r} is not in the dictionary.")
-            undesirable[dictionary.index(concept)] = parts[1].strip() == "undesirable"
+            if concept in seen and seen[concept][1] != label:
+                raise ValueError(f"{path}:{n}: concept {concept!r} is labelled {label} here but {seen[concept][1]} "
+                                 f"on line {seen[concept][0]}; keep one line per concept.")
+            seen[concept] = (n, label)
+            undesirable[dictionary.index(concept)] = label == "undesirable"
         return cls(found_task or path.stem, list(dictionary.concepts), undesirable, None, f"file:{path.name}")
+
+
+def _escape(concept: str) -> str:
+    """A concept name as one TSV cell: backslash, tab and newline escaped, a leading '#' escaped so the
+    line is not read as a comment."""
+    text = concept.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return "\\" + text if text.startswith("#") else text
+
+
+def _unescape(cell: str) -> str:
+    out, i = [], 0
+    while i < len(cell):
+        if cell[i] == "\\" and i + 1 < len(cell):
+            out.append({"t": "\t", "n": "\n", "r": "\r"}.get(cell[i + 1], cell[i + 1]))
+            i += 2
+        else:
+            out.append(cell[i])
+            i += 1
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------- embeddings
