@@ -171,3 +171,21 @@ def test_saving_keeps_the_file_mode_and_refuses_bad_sites_and_layers(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(VectorFileError, match="not a regular file"):
         SteeringVector.load(fifo)
+
+
+def test_a_killed_save_leaves_no_temporary_behind_after_the_next_save(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from steerlab.vector import SteeringVector
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    path = tmp_path / "v.safetensors"
+    stale = tmp_path / f".v.safetensors.{pid}.abc123.tmp"  # what a kill -9 during a save leaves
+    live = tmp_path / f".v.safetensors.{os.getpid()}.def456.tmp"  # a save under way in this process
+    stale.write_bytes(b"x" * 100)
+    live.write_bytes(b"y")
+    SteeringVector({1: torch.ones(4)}, "m", 4).save(path)
+    assert not stale.exists() and live.exists() and SteeringVector.load(path).layers[1].sum() == 4
