@@ -189,3 +189,18 @@ def test_a_killed_save_leaves_no_temporary_behind_after_the_next_save(tmp_path):
     live.write_bytes(b"y")
     SteeringVector({1: torch.ones(4)}, "m", 4).save(path)
     assert not stale.exists() and live.exists() and SteeringVector.load(path).layers[1].sum() == 4
+
+
+def test_a_gguf_direction_that_is_a_matrix_is_refused(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_tensor("direction.1", np.ones((2, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(VectorFileError, match="one vector"):
+        load_control_vector(path)

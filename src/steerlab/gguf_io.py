@@ -75,7 +75,11 @@ def load_control_vector(path: str | os.PathLike, model=None) -> SteeringVector:
         prefix, _, index = name.partition(".")
         if prefix != "direction" or not index.isdigit() or int(index) == 0:
             raise VectorFileError(f"{path}: tensor {name!r} is not a control-vector direction (direction.N, N >= 1).")
-        layers[int(index)] = torch.from_numpy(np.array(tensor.data, dtype=np.float32).reshape(-1))
+        data = np.array(tensor.data, dtype=np.float32)
+        if sum(int(n) > 1 for n in data.shape) > 1:  # llama.cpp adds one vector per layer, never a matrix
+            raise VectorFileError(f"{path}: tensor {name!r} has shape {list(data.shape)}; a control-vector direction "
+                                  "is one vector.")
+        layers[int(index)] = torch.from_numpy(data.reshape(-1))
     if not layers:
         raise VectorFileError(f"{path} holds no direction tensors.")
     sizes = {t.shape[0] for t in layers.values()}
