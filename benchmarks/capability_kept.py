@@ -1,4 +1,4 @@
-"""ActAdd's quantitative checks on the embedded model (issue 8, item 5), in one run:
+"""ActAdd's quantitative checks on the embedded model, in one run:
 
 - topic steering: share of sampled completions of a neutral prompt that mention weddings,
   unsteered vs ActAdd " weddings" - "" at several layers;

@@ -1,4 +1,4 @@
-"""Real llama.cpp against steerlab on the embedded model's own GGUF file (issue 6, item 2).
+"""Real llama.cpp against steerlab on the embedded model's own GGUF file.
 
 steerlab exports a CAA vector as a GGUF control vector; llama.cpp (through llama-cpp-python,
 built from its sdist, which vendors llama.cpp) loads SmolLM2-135M-Instruct.Q4_1.gguf, and the

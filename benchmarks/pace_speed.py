@@ -1,4 +1,4 @@
-"""PaCE speed (issue 4): the batched elastic-net solver against scikit-learn per token, and PaCE
+"""PaCE speed: the batched elastic-net solver against scikit-learn per token, and PaCE
 generation time per token against unsteered generation, side by side in one run.
 
 Solver: N real token activations (block ``--layer`` of the embedded model, on the PaCE prompt sets)

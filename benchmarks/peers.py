@@ -1,4 +1,4 @@
-"""steerlab against the libraries users would otherwise pick, side by side in one run (issue 6):
+"""steerlab against the libraries users would otherwise pick, side by side in one run:
 
 - CAA mean-difference extraction over N pairs vs ``steering-vectors`` (``train_steering_vector``),
   same rendered prompts, same read token, same batch size, one and three layers, plus the cosine

@@ -1,4 +1,4 @@
-"""Reliability over 8 datasets in-process vs on a local Ray instance with 2 workers (issue 7), side
+"""Reliability over 8 datasets in-process vs on a local Ray instance with 2 workers, side
 by side in one run on the embedded model, through the same `steerlab reliability` code path.
 
 In-process: one process, PyTorch using both cores. Ray: two workers, one core each, each loading the

@@ -1,4 +1,4 @@
-"""Prefix sharing vs the straightforward loop for multiplier sweeps (issue 8, item 6).
+"""Prefix sharing vs the straightforward loop for multiplier sweeps.
 
 Scores N held-out A/B items at 7 multipliers (Tan et al.'s grid) on the embedded model two ways,
 side by side in one run: (a) prefix sharing, each item's prompt prefix run once, its KV cache shared

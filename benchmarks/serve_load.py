@@ -1,4 +1,4 @@
-"""Load on the steered server (issue 5): requests/s, p50/p95 latency and error rate at 1, 4 and 16
+"""Load on the steered server: requests/s, p50/p95 latency and error rate at 1, 4 and 16
 concurrent clients, unsteered vs steered, measured side by side in one run on loopback.
 
 The app runs in this process as ``steerlab serve`` runs it: uvicorn on a background thread, the

@@ -1,6 +1,6 @@
 """ActAdd (Turner et al., 2023): a per-position steering tensor from one prompt pair.
 
-Recipe (SCIENCE.md §1): tokenize ``p+`` and ``p-`` (BOS included where the model adds one),
+Recipe (docs/methods.md, "ActAdd"): tokenize ``p+`` and ``p-`` (BOS included where the model adds one),
 right-pad the shorter with the token of ``" "`` to the same length ``n``, read the residual
 stream at the *input* of block ``L`` for every position, and keep ``S = c * (A+ - A-)`` of shape
 ``[n, d]``. The input of block L is the output of block L-1 (``hook_resid_pre`` in

@@ -1,6 +1,6 @@
 """CAA (Rimsky / Panickssery et al., 2024): the mean activation difference over A/B pairs.
 
-Recipe (SCIENCE.md §2): render each item twice through the model's chat format, user turn =
+Recipe (docs/methods.md, "CAA"): render each item twice through the model's chat format, user turn =
 question, assistant turn = the matching (positive) or non-matching (negative) answer; read the
 output of block L at the token of the answer letter (found from character offsets, so ``"(A"``
 merged into one token, as in Qwen2's tokenizer, is handled); the vector is the mean of

@@ -1,4 +1,4 @@
-"""The concept dictionary (SCIENCE.md section 3, step 1): one unit-norm atom per concept per layer.
+"""The concept dictionary (docs/methods.md, "PaCE", step 1): one unit-norm atom per concept per layer.
 
 An atom is the mean activation at the concept's own tokens over its stimulus sentences, centred by
 the mean over all concepts, then scaled to unit norm. Files are safetensors (``atoms.L`` [K, d] and
@@ -63,7 +63,7 @@ class ConceptDictionary:
         return self._index[concept]
 
     def matrix(self, layer: int) -> torch.Tensor:
-        """``D`` as SCIENCE.md writes it: ``[d, K]``, one unit-norm column per concept."""
+        """``D`` as docs/methods.md writes it: ``[d, K]``, one unit-norm column per concept."""
         if layer not in self.atoms:
             raise KeyError(f"The dictionary has layers {self.layers}, not {layer}.")
         return self.atoms[layer].T

@@ -1,4 +1,4 @@
-"""Concept partitioners (SCIENCE.md section 3, step 2): label each concept of a dictionary benign or
+"""Concept partitioners (docs/methods.md, "PaCE", step 2): label each concept of a dictionary benign or
 undesirable for a task, cheaply enough for tens of thousands of concepts, cached per (dictionary, task).
 
 * :class:`EmbeddingPartitioner` - sentence-embedding similarity (all-MiniLM-L6-v2 from the PyPI package

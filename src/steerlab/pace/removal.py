@@ -1,4 +1,4 @@
-"""Removing undesirable concepts during generation (SCIENCE.md section 3, steps 3-5), and the two
+"""Removing undesirable concepts during generation (docs/methods.md, "PaCE", steps 3-5), and the two
 baselines PaCE is compared with, behind one interface: each is a steering object that
 :func:`steerlab.generate` / :meth:`SteerModel.generate` / :func:`steerlab.steer` accept.
 

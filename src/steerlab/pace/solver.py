@@ -1,4 +1,4 @@
-"""Batched elastic-net sparse coding (SCIENCE.md section 3, step 3).
+"""Batched elastic-net sparse coding (docs/methods.md, "PaCE", step 3).
 
 For every row ``z`` of ``Z`` solve
 
