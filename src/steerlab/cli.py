@@ -69,13 +69,13 @@ def cmd_extract(args) -> int:
             pairs, _ = datasets.split(pairs, args.train_fraction, n_train=args.limit or None, balance=balance)
         else:
             pairs = datasets.take(pairs, args.limit or None, balance=balance)
-        print(f"training pairs: {len(pairs)} ({datasets.describe_balance(pairs)})")
         vec = caa.extract(lm, pairs, args.layers, method=args.method.removeprefix("caa-") if args.method != "caa"
                           else "mean", chat=args.chat, system=args.system, batch_size=args.batch_size,
                           counterbalance=args.counterbalance)
         vec.meta["dataset"] = str(args.data)
     path = vec.save(args.out)
-    print(f"wrote {path}: {vec}")
+    trained = f" from {vec.meta['n_pairs']} pairs ({vec.meta['balance']})" if "balance" in vec.meta else ""
+    print(f"wrote {path}: {vec}{trained}")
     return 0
 
 
