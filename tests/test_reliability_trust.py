@@ -223,7 +223,7 @@ def test_cli_reliability_balances_and_writes_each_report(smol, shared_data, tmp_
     for stem in ("corrigible-neutral-HHH", "narcissism"):
         md = (tmp_path / f"reliability-{stem}.md").read_text()
         assert "training (A)" in md and "counterbalanced: True" in md
-    assert cli.main(["reliability", "--data", data[0], "--layer", "12", "--train", "900", "--test", "4",
+    assert cli.main(["reliability", "--data", data[0], "--layer", "12", "--train", "1200", "--test", "4",
                      "--out", str(tmp_path)]) == 2
     assert "at most" in capsys.readouterr().err
 
