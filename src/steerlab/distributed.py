@@ -184,9 +184,8 @@ def layer_sweep_tasks(lm, train, test, layers, multipliers=(-1.0, 1.0), *, ray: 
     each worker loads ``model_spec`` (default: ``lm``'s name and dtype). ``options`` are layer_sweep's."""
     from .evaluate.sweep import SweepTask, _sweep_block, merge_sweeps, sweep_tasks
 
-    layers = sorted({lm.check_layer(k) for k in layers})
-    task = SweepTask(list(train), list(test), layers, sorted({float(m) for m in multipliers}), **options)
-    blocks = sweep_tasks(task, 2 * workers if ray is not None else len(layers))
+    task = SweepTask.of(lm, train, test, layers, multipliers, **options)
+    blocks = sweep_tasks(task, 2 * workers if ray is not None else len(task.layers))
     parts = map_tasks(_sweep_block, blocks, model=model_spec or lm, ray=ray, workers=workers,
                       resume_dir=resume_dir, desc="layer blocks")
     return merge_sweeps(parts)

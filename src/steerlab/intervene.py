@@ -315,10 +315,10 @@ def steer(lm, *interventions, batch=None) -> Iterator[list[Intervention]]:
     if batch is not None:
         rows = batch.input_ids.shape[0]
         for iv in flat:
-            n = torch.as_tensor(iv.strength).numel() if not isinstance(iv.strength, (int, float)) else 1
-            if torch.as_tensor(iv.strength).ndim == 1 and n != rows:
-                raise ValueError(f"Intervention at layer {iv.layer} has {n} per-row strengths but the batch has "
-                                 f"{rows} prompts; give one strength per prompt (or one number for all).")
+            strength = torch.as_tensor(iv.strength)
+            if strength.ndim == 1 and len(strength) != rows:
+                raise ValueError(f"Intervention at layer {iv.layer} has {len(strength)} per-row strengths but the "
+                                 f"batch has {rows} prompts; give one strength per prompt (or one number for all).")
     owner = threading.get_ident()
     state = _ForwardState()
     handles = []

@@ -118,6 +118,10 @@ class SteerModel:
             raise IndexError(f"Layer {layer} is out of range: {self.name} has blocks 0..{self.num_layers - 1}.")
         return layer % self.num_layers
 
+    def check_layers(self, layers: int | Sequence[int]) -> list[int]:
+        """One layer or several, each checked (negative ones counted from the end), sorted, unique."""
+        return sorted({self.check_layer(k) for k in ([layers] if isinstance(layers, int) else layers)})
+
     def __repr__(self) -> str:
         return (
             f"SteerModel({self.name!r}, {type(self.model).__name__}, layers={self.num_layers}, "

@@ -157,13 +157,17 @@ class SteeringVector:
             vec = load_control_vector(path, model)
         else:
             vec = _read_safetensors(path)
-        bad = [k for k, t in vec.layers.items() if not bool(torch.isfinite(t).all())]
+        bad = vec.nonfinite_layers()
         if bad:
             raise VectorFileError(f"{path}: layer {bad[0]} holds NaN or infinite values; such a vector would break "
                                   "every generation it touches. Re-create the file.")
         if model is not None:
             vec.check_model(model, allow_other_model)
         return vec
+
+    def nonfinite_layers(self) -> list[int]:
+        """Layers holding NaN or infinite values (such a vector breaks every generation it touches)."""
+        return [k for k, t in self.layers.items() if not bool(torch.isfinite(t).all())]
 
     def to(self, device=None, dtype=None) -> SteeringVector:
         return self._with({k: v.to(device=device, dtype=dtype) for k, v in self.layers.items()})

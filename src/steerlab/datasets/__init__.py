@@ -68,7 +68,7 @@ def answer_letter(answer: str) -> str | None:
 
 
 def matching_is_a(pair: ContrastivePair) -> bool:
-    return answer_letter(pair.positive) == "A"
+    return pair.positive.strip().startswith("(A")
 
 
 def matching_is_yes(pair: ContrastivePair) -> bool | None:

@@ -28,7 +28,7 @@ from ..datasets import ContrastivePair, answer_letter, describe_balance, matchin
 from ..vector import SteeringVector
 from .behavior import Variant, answer_logprobs, propensity
 from .files import pyplot, save_json_and_plot
-from .stats import bootstrap_ci, fraction_at_most_zero, random_direction, slope_standard_errors
+from .stats import bootstrap_ci, fraction_at_most_zero, null_vector, slope_standard_errors
 
 MULTIPLIERS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 __all__ = ["MULTIPLIERS", "ReliabilityReport", "fit_lines", "matching_is_a", "matching_is_yes", "reliability",
@@ -269,9 +269,7 @@ def reliability(lm, vector: SteeringVector, test: Sequence[ContrastivePair], *, 
         raise ValueError("Reliability needs at least one test item.")
     multipliers = [float(m) for m in multipliers]
     real = [Variant(m * scale, layer) for m in multipliers]
-    nulls = [SteeringVector({layer: random_direction(vector.layers[layer], seed=seed + j)}, vector.model_name,
-                            vector.hidden_size, "null", vector.site, vector.apply)
-             for j in range(null_directions if null else 0)]
+    nulls = [null_vector(vector, layer, seed=seed + j) for j in range(null_directions if null else 0)]
     nonzero = [i for i, m in enumerate(multipliers) if m != 0]
     variants = real + [Variant(multipliers[i] * scale, layer, nv) for nv in nulls for i in nonzero]
     lp = answer_logprobs(lm, test, vector, variants, chat=chat, system=system, progress=progress)
@@ -320,8 +318,7 @@ def reliability(lm, vector: SteeringVector, test: Sequence[ContrastivePair], *, 
             null_slope_sd=float(flat.std()) if len(flat) > 1 else 0.0,
             null_spurious_r2_a=variance_explained(null_slopes, is_a)[0] if 0 < is_a.sum() < len(test) else 0.0,
             null_anti_steerable_fraction=float((flat <= 0).double().mean()),
-            null_anti_steerable_ci=list(bootstrap_ci(every.T, lambda v: (v <= 0).double().mean((1, 2)),
-                                                     n_boot=n_boot, seed=seed)),
+            null_anti_steerable_ci=list(bootstrap_ci(every.T, fraction_at_most_zero, n_boot=n_boot, seed=seed)),
             beyond_null_ci=list(bootstrap_ci(slopes - null_slopes, n_boot=n_boot, seed=seed)),
             null_directions=len(nulls),
         )

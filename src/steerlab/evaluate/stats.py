@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..vector import SteeringVector
+
 LEVEL = 0.95
 
 
@@ -31,8 +33,9 @@ def bootstrap_ci(values: torch.Tensor, statistic: Callable[[torch.Tensor], torch
 
 
 def fraction_at_most_zero(draws: torch.Tensor) -> torch.Tensor:
-    """Share of entries <= 0 along dim 1 (the anti-steerable fraction of each resample)."""
-    return (draws <= 0).double().mean(1)
+    """Share of entries <= 0 in each resample (row of ``draws``, whatever its further dimensions):
+    the anti-steerable fraction of each resample."""
+    return (draws <= 0).double().flatten(1).mean(1)
 
 
 def slope_standard_errors(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -54,3 +57,10 @@ def random_direction(like: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     r = torch.randn(like.shape, generator=gen, dtype=torch.float64)
     return (r * (like.double().norm() / r.norm())).to(like.dtype)
+
+
+def null_vector(vector: SteeringVector, layer: int, *, seed: int = 0) -> SteeringVector:
+    """The null reference for ``vector`` at ``layer``: a random direction of the same norm, applied the
+    same way (site and window)."""
+    return SteeringVector({layer: random_direction(vector.layers[layer], seed=seed)}, vector.model_name,
+                          vector.hidden_size, "null", vector.site, vector.apply)

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from ..datasets import ContrastivePair
+from ..datasets import ContrastivePair, describe_balance
 from ..methods import caa
-from ..vector import SteeringVector
 from .behavior import Variant, answer_logprobs, p_matching, propensity
 from .files import pyplot, save_json_and_plot
-from .stats import random_direction
+from .stats import null_vector
 
 
 @dataclass
@@ -122,19 +121,19 @@ class SweepTask:
     null: bool = True
     progress: bool | None = None
 
-
-def _null_vectors(vector: SteeringVector, layers: Sequence[int]) -> dict[int, SteeringVector]:
-    return {k: SteeringVector({k: random_direction(vector.layers[k], seed=k)}, vector.model_name, vector.hidden_size,
-                              "null", vector.site, vector.apply) for k in layers}
+    @classmethod
+    def of(cls, lm, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair], layers: Sequence[int],
+           multipliers: Sequence[float], **options) -> SweepTask:
+        """A task over ``lm``'s checked layers and the sorted, distinct multipliers."""
+        return cls(list(train), list(test), lm.check_layers(layers), sorted({float(m) for m in multipliers}),
+                   **options)
 
 
 def _sweep_block(lm, task: SweepTask) -> SweepResult:
-    from ..datasets import describe_balance
-
     vector = caa.extract(lm, task.train, task.layers, method=task.method, chat=task.chat, system=task.system,
                          counterbalance=task.counterbalance, measure_letter=False, progress=task.progress)
     lo, hi = min(task.multipliers), max(task.multipliers)
-    nulls = _null_vectors(vector, task.layers) if task.null and lo != hi else {}
+    nulls = {k: null_vector(vector, k, seed=k) for k in task.layers} if task.null and lo != hi else {}
     variants = [Variant(0.0)] + [Variant(m, k) for k in task.layers for m in task.multipliers]
     variants += [Variant(m, k, nulls[k]) for k in nulls for m in (lo, hi)]
     lp = answer_logprobs(lm, task.test, vector, variants, chat=task.chat, system=task.system, progress=task.progress)
@@ -200,10 +199,8 @@ def layer_sweep(lm, train: Sequence[ContrastivePair], test: Sequence[Contrastive
                 chat: bool = True, system: str | None = None, counterbalance: bool | None = None, null: bool = True,
                 progress: bool | None = None) -> SweepResult:
     """p(matching) for every (layer, multiplier), each layer against a random-direction null."""
-    layers = sorted({lm.check_layer(k) for k in layers})
-    multipliers = sorted({float(m) for m in multipliers})
-    task = SweepTask(list(train), list(test), layers, multipliers, dataset, method, chat, system, counterbalance,
-                     null, progress)
+    task = SweepTask.of(lm, train, test, layers, multipliers, dataset=dataset, method=method, chat=chat,
+                        system=system, counterbalance=counterbalance, null=null, progress=progress)
     return _recommend(_sweep_block(lm, task))
 
 

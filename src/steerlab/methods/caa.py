@@ -133,6 +133,11 @@ def letter_signs(pairs: Sequence[ContrastivePair]) -> torch.Tensor:
     return torch.tensor(signs)
 
 
+def _letter_direction(pairs: Sequence[ContrastivePair], pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Mean of ``h(A answer) - h(B answer)`` over items read as given and swapped (behaviour cancels)."""
+    return (letter_signs(pairs)[:, None] * (pos.float() - neg.float())).mean(0)
+
+
 def letter_share(vector: torch.Tensor, letter: torch.Tensor) -> float:
     """Share of ``vector``'s norm that lies along ``letter``: ``|v . u| / |v|`` with ``u`` the unit
     letter direction (0 = none of it, 1 = all of it)."""
@@ -148,13 +153,12 @@ def letter_directions(lm, pairs: Sequence[ContrastivePair], layers: int | Sequen
     """The pure answer-letter direction ``h("(A)") - h("(B)")`` at each layer, behaviour held fixed:
     every item is read as given and with its options swapped, so each letter carries the matching
     and the non-matching answer equally often."""
-    layer_list = sorted({lm.check_layer(k) for k in ([layers] if isinstance(layers, int) else layers)})
+    layer_list = lm.check_layers(layers)
     both = counterbalanced(pairs)
     if both is None:
         raise ValueError("Letter directions need A/B items whose two options can be swapped.")
     pos, neg = differences(lm, both, layer_list, chat=chat, system=system, batch_size=batch_size, progress=progress)
-    signs = letter_signs(both)[:, None]
-    return {k: (signs * (pos[k].float() - neg[k].float())).mean(0) for k in layer_list}
+    return {k: _letter_direction(both, pos[k], neg[k]) for k in layer_list}
 
 
 @torch.no_grad()
@@ -169,7 +173,7 @@ def extract(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *
     layer's ``letter_share`` in the metadata (None: wherever the items can be swapped; free when
     counterbalancing, one more reading of the swapped items otherwise).
     """
-    layer_list = sorted({lm.check_layer(k) for k in ([layers] if isinstance(layers, int) else layers)})
+    layer_list = lm.check_layers(layers)
     if method not in METHODS:
         raise ValueError(f"Unknown CAA method {method!r}; expected one of {METHODS}.")
     if not pairs:
@@ -189,9 +193,8 @@ def extract(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *
             "read": "output of block L at the answer-letter token (last answer token for text pairs)",
             "balance": describe_balance(pairs), "counterbalanced": bool(counterbalance)}
     if measure_letter:
-        signs = letter_signs(read)[:, None]
-        meta["letter_share"] = {str(k): round(letter_share(
-            vectors[k], (signs * (pos[k].float() - neg[k].float())).mean(0)), 4) for k in layer_list}
+        meta["letter_share"] = {str(k): round(letter_share(vectors[k], _letter_direction(read, pos[k], neg[k])), 4)
+                                for k in layer_list}
     return SteeringVector(vectors, model_name=lm.name, hidden_size=lm.hidden_size, method=f"caa-{method}",
                           site="output", apply="assistant", meta=meta)
 

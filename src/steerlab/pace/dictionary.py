@@ -113,10 +113,6 @@ class ConceptDictionary:
                     raise ValueError(f"layer {k} holds {a.dtype} values, not floating point")
                 if not bool(torch.isfinite(a).all()):
                     raise ValueError(f"layer {k} holds NaN or infinite values")
-            for k, a in atoms.items():
-                if a.ndim != 2 or tuple(a.shape) != (len(out.concepts), out.hidden_size):
-                    raise ValueError(f"atoms of layer {k} have shape {tuple(a.shape)}, expected "
-                                     f"[{len(out.concepts)}, {out.hidden_size}]")
         except (OSError, ValueError, KeyError, TypeError, OverflowError) as err:
             raise DictionaryFileError(f"{path} is not a readable concept dictionary ({err}). Rebuild it with "
                                       "`steerlab pace build`.") from err

@@ -59,9 +59,19 @@ class _BodyLimit:
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
 
+    async def _too_large(self, send) -> None:
+        body = json.dumps(APIError(413, f"The request body is over {self.limit} bytes.").body()).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:  # refused before reading a byte
+            await self._too_large(send)
             return
         chunks, size = [], 0
         while True:
@@ -71,10 +81,7 @@ class _BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                body = json.dumps(APIError(413, f"The request body is over {self.limit} bytes.").body()).encode()
-                await send({"type": "http.response.start", "status": 413,
-                            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": body})
+                await self._too_large(send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -129,7 +136,7 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
     (do that on the main thread for the best CPU speed)."""
     vectors = dict(vectors or {})
     for name, vec in vectors.items():  # one broken vector would fail every batch that uses it
-        if not all(bool(t.isfinite().all()) for t in vec.layers.values()):
+        if vec.nonfinite_layers():
             raise ValueError(f"Vector {name!r} holds NaN or infinite values; refusing to serve it.")
     limits = limits or Limits()
     engine = Engine(lm, vectors, dictionary=dictionary, max_queue=max_queue, max_batch=max_batch,
@@ -167,10 +174,6 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
                                                   "without an API key answers only localhost / 127.0.0.1 / [::1]. "
                                                   "Start it with --api-key to serve other names.",
                                              code="host_not_allowed").body(), status_code=403)
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > limits.max_body_bytes:
-            return JSONResponse(APIError(413, f"The request body is over {limits.max_body_bytes} bytes.").body(),
-                                status_code=413)
         if api_key and request.url.path.startswith("/v1/"):
             auth = request.headers.get("authorization", "")
             given = auth[7:] if auth.lower().startswith("bearer ") else ""
