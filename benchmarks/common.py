@@ -32,10 +32,6 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t, value
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    return statistics.median(timed(fn)[0] for _ in range(repeats))
-
-
 def paired_change(ours: list[float], theirs: list[float]) -> tuple[float, float, float]:
     """Median, min and max over repeats of ``ours[i] / theirs[i] - 1`` (times taken in the same repeat)."""
     ratios = [a / b - 1 for a, b in zip(ours, theirs)]

@@ -57,7 +57,7 @@ def ray_local():
 
 @pytest.mark.slow
 def test_sweep_and_dictionary_build_on_ray_equal_in_process(smol, ray_local):
-    from steerlab.distributed import layer_sweep_tasks
+    from steerlab.distributed import build_dictionary_tasks, layer_sweep_tasks
     from steerlab.evaluate.sweep import layer_sweep
     from steerlab.pace import build_dictionary, concept_words
 
@@ -75,6 +75,6 @@ def test_sweep_and_dictionary_build_on_ray_equal_in_process(smol, ray_local):
 
     words = concept_words(40)
     d_local = build_dictionary(smol, words, [10], shard=10)
-    d_ray = build_dictionary(smol, words, [10], shard=10, ray="local", workers=2, model_spec=spec)
+    d_ray = build_dictionary_tasks(smol, words, [10], shard=10, ray="local", workers=2, model_spec=spec)
     assert d_ray.concepts == d_local.concepts
     assert torch.allclose(d_ray.atoms[10], d_local.atoms[10], atol=1e-4)

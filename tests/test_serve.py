@@ -13,7 +13,7 @@ httpx = pytest.importorskip("httpx")
 
 from steerlab import datasets  # noqa: E402
 from steerlab.methods import caa  # noqa: E402
-from steerlab.serve import Limits, create_app  # noqa: E402
+from steerlab.serve import ServeConfig, create_app  # noqa: E402
 from steerlab.serve.background import BackgroundServer  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def vectors(smol):
 
 @pytest.fixture(scope="module")
 def server(smol, vectors):
-    app = create_app(smol, vectors, limits=Limits(max_tokens=64, max_multiplier=20), max_batch=8, batch_wait=0.05)
+    app = create_app(smol, vectors, config=ServeConfig(max_tokens=64, max_multiplier=20), max_batch=8, batch_wait=0.05)
     with BackgroundServer(app) as live:
         yield live
 
@@ -249,7 +249,7 @@ def test_pace_requests_match_the_library(smol):
     d = build_dictionary(smol, words, [15], progress=False)
     part = EmbeddingPartitioner().partition(d, "detox")
     assert part.undesirable.any()
-    app = create_app(smol, {}, dictionary=d, limits=Limits(max_tokens=32), max_batch=4)
+    app = create_app(smol, {}, dictionary=d, config=ServeConfig(max_tokens=32), max_batch=4)
     with BackgroundServer(app) as live:
         c = openai.OpenAI(base_url=live.url + "/v1", api_key="unused")
         for sign in ("both", "positive"):
@@ -274,7 +274,7 @@ def test_playground_shows_hostile_names_as_text_and_works_with_a_key(smol, vecto
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
     evil_name = '<img src=x onerror="window.__pwned=1">'
     evil = dataclasses.replace(vectors["sentiment"], method='<script>window.__pwned=2</script>caa')
-    app = create_app(smol, {evil_name: evil}, api_key="sesame", limits=Limits(max_tokens=16), max_batch=4)
+    app = create_app(smol, {evil_name: evil}, api_key="sesame", config=ServeConfig(max_tokens=16), max_batch=4)
     with BackgroundServer(app) as live, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()
@@ -318,7 +318,7 @@ def test_a_client_that_leaves_stops_costing_generation(smol):
     """Measured with the engine's own token counter: a streaming client that disconnects after a few
     chunks, and a non-streaming one that times out, stop generation within a few tokens; the same
     request kept open runs to its max_tokens."""
-    app = create_app(smol, {}, limits=Limits(max_tokens=200), max_batch=1)
+    app = create_app(smol, {}, config=ServeConfig(max_tokens=200), max_batch=1)
     body = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 200, "temperature": 0}
     with BackgroundServer(app) as live:
         def generated() -> int:
@@ -356,7 +356,7 @@ def test_a_client_that_leaves_stops_costing_generation(smol):
 
 def test_the_queue_bound_holds_for_requests_that_cannot_share_a_batch(smol):
     """Seeded requests each run alone; with max_queue=2 most of a burst of 8 is turned away (429)."""
-    app = create_app(smol, {}, limits=Limits(max_tokens=32), max_queue=2, max_batch=4)
+    app = create_app(smol, {}, config=ServeConfig(max_tokens=32), max_queue=2, max_batch=4)
     with BackgroundServer(app) as live:
         def one(seed: int) -> int:
             body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 32,
@@ -384,9 +384,9 @@ def test_a_job_that_breaks_its_batch_fails_alone(smol, vectors):
     import threading
 
     from steerlab.serve.engine import Engine, Job
-    from steerlab.serve.protocol import Steering
+    from steerlab.spec import SteeringFactory, SteeringSpec
 
-    engine = Engine(smol, vectors, max_batch=4, batch_wait=0.3, start_thread=False)
+    engine = Engine(smol, SteeringFactory(smol, vectors), ServeConfig(max_batch=4, batch_wait=0.3), start_thread=False)
     results: dict = {}
     done = threading.Event()
 
@@ -398,13 +398,13 @@ def test_a_job_that_breaks_its_batch_fails_alone(smol, vectors):
                     done.set()
         return emit
 
-    def job(name, steering=None):
+    def job(name, steering=SteeringSpec()):
         return Job(smol.render("Tell me about your weekend."), steering, 6, False, 1.0, 1.0, 0.0, None, [],
-                   sink(name))
+                   emit=sink(name))
 
     engine.submit(job("plain"))
-    engine.submit(job("broken", Steering(vectors=[{"name": "missing", "multiplier": 2}])))
-    engine.submit(job("steered", Steering(vectors=[{"name": "sentiment", "multiplier": 4}])))
+    engine.submit(job("broken", SteeringSpec.from_dict({"vectors": [{"name": "missing", "multiplier": 2}]})))
+    engine.submit(job("steered", SteeringSpec.from_dict({"vectors": [{"name": "sentiment", "multiplier": 4}]})))
     worker = threading.Thread(target=engine.run_forever, daemon=True)
     worker.start()
     assert done.wait(120)
@@ -416,7 +416,7 @@ def test_a_job_that_breaks_its_batch_fails_alone(smol, vectors):
 
 
 def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(smol):
-    app = create_app(smol, {}, limits=Limits(max_body_bytes=10_000))
+    app = create_app(smol, {}, config=ServeConfig(max_body_bytes=10_000))
     with BackgroundServer(app) as live:
         def chunks():
             for _ in range(1000):  # 1,000 x 1,000 bytes, no Content-Length

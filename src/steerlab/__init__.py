@@ -3,15 +3,19 @@
 __version__ = "0.1.0"
 
 from .capture import capture
-from .intervene import HookContext, Intervention, Window, add, apply_fn, clamp, project_out, steer
+from .intervene import HookContext, Intervention, Window, add, apply_fn, clamp, project_out
 from .model import SteerModel, load_model
 from .sources import ModelNotFoundError
+from .steering import Scaled, as_steering, steer
+from .errors import SteerlabError
 from .vector import SteeringVector, VectorFileError
 
 __all__ = [
     "HookContext",
     "Intervention",
     "ModelNotFoundError",
+    "Scaled",
+    "SteerlabError",
     "SteerModel",
     "SteeringVector",
     "VectorFileError",
@@ -19,6 +23,7 @@ __all__ = [
     "__version__",
     "add",
     "apply_fn",
+    "as_steering",
     "capture",
     "clamp",
     "load_model",

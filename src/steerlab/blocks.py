@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .errors import InputError
+
 # Dotted attribute paths, tried in order. Each entry covers several families.
 KNOWN_BLOCK_PATHS: tuple[str, ...] = (
     "model.layers",  # Llama, Mistral, Qwen2/3, Gemma/Gemma2/Gemma3 (text), Phi-3, SmolLM
@@ -54,7 +56,7 @@ def find_blocks(model: nn.Module, path: str | None = None) -> tuple[nn.ModuleLis
     if path is not None:
         blocks = _get_path(model, path)
         if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
-            raise ValueError(
+            raise InputError(
                 f"blocks_path={path!r} does not name a non-empty nn.ModuleList on "
                 f"{type(model).__name__}. Print the model to see its module names and pass the "
                 "dotted path of its list of decoder layers."
@@ -74,7 +76,7 @@ def find_blocks(model: nn.Module, path: str | None = None) -> tuple[nn.ModuleLis
             if best is None or score > best[0]:
                 best = (score, name, module)
     if best is None:
-        raise ValueError(
+        raise InputError(
             f"Could not find the decoder blocks of {type(model).__name__}: no nn.ModuleList found. "
             "Pass blocks_path='dotted.path.to.layers' to load_model()."
         )

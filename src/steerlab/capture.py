@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from .errors import InputError, OutOfRangeError
 from .tokens import PromptBatch, Rendered, pad_ids, tokenize_with_offsets
 
 PositionSpec = Union[str, int, Sequence[int], torch.Tensor, Sequence[Sequence[bool]]]
@@ -29,11 +30,11 @@ def _select(spec: PositionSpec, lengths: torch.Tensor, rows: torch.Tensor) -> li
             elif spec == "all":
                 out.append(list(range(n)))
             else:
-                raise ValueError(f"positions={spec!r}: use 'last', 'all', an int, per-row ints or a bool mask.")
+                raise InputError(f"positions={spec!r}: use 'last', 'all', an int, per-row ints or a bool mask.")
         elif isinstance(spec, int):
             p = spec if spec >= 0 else n + spec
             if not 0 <= p < n:
-                raise IndexError(f"Position {spec} is outside row {r}, which has {n} tokens.")
+                raise OutOfRangeError(f"Position {spec} is outside row {r}, which has {n} tokens.")
             out.append([p])
         else:
             item = spec[r]
@@ -42,12 +43,12 @@ def _select(spec: PositionSpec, lengths: torch.Tensor, rows: torch.Tensor) -> li
             if isinstance(item, (list, tuple)):  # a boolean mask over the row's positions
                 picked = [p for p, keep in enumerate(item) if keep and p < n]
                 if any(keep for p, keep in enumerate(item) if p >= n):
-                    raise IndexError(f"The mask for row {r} selects positions past its {n} tokens.")
+                    raise OutOfRangeError(f"The mask for row {r} selects positions past its {n} tokens.")
                 out.append(picked)
             else:
                 p = int(item) if item >= 0 else n + int(item)
                 if not 0 <= p < n:
-                    raise IndexError(f"Position {item} is outside row {r}, which has {n} tokens.")
+                    raise OutOfRangeError(f"Position {item} is outside row {r}, which has {n} tokens.")
                 out.append([p])
     return out
 
@@ -59,7 +60,7 @@ def _token_rows(lm, inputs, chat: bool) -> list[list[int]]:
     if isinstance(inputs, str):
         inputs = [inputs]
     if len(inputs) == 0:
-        raise ValueError("capture() was given no inputs.")
+        raise InputError("capture() was given no inputs.")
     if isinstance(inputs[0], (list, tuple)) or isinstance(inputs[0], torch.Tensor):
         return [list(map(int, r)) for r in inputs]
     rendered = [r if isinstance(r, Rendered) else lm.render(r, chat=chat) for r in inputs]
@@ -128,7 +129,7 @@ def capture(
     """
     layer_list = sorted({lm.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)})
     if site not in ("output", "input"):
-        raise ValueError(f"site must be 'output' or 'input', not {site!r}.")
+        raise InputError(f"site must be 'output' or 'input', not {site!r}.")
     rows = _token_rows(lm, inputs, chat)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i])) if sort_by_length else list(range(len(rows)))
     results: dict[int, list[tuple[int, torch.Tensor]]] = {layer: [] for layer in layer_list}
@@ -190,12 +191,12 @@ def capture_contrast(lm, first: Sequence[Sequence[int]], second: Sequence[Sequen
     layer_list = sorted({lm.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)})
     n = len(first)
     if not (len(second) == len(read_first) == len(read_second) == n) or n == 0:
-        raise ValueError("capture_contrast needs the same positive number of sequences and of read positions "
+        raise InputError("capture_contrast needs the same positive number of sequences and of read positions "
                          "on each side.")
     for side, rows, reads in (("first", first, read_first), ("second", second, read_second)):
         for i, (row, r) in enumerate(zip(rows, reads)):
             if not 0 <= r < len(row):
-                raise IndexError(f"Read position {r} is outside {side} sequence {i}, which has {len(row)} tokens.")
+                raise OutOfRangeError(f"Read position {r} is outside {side} sequence {i}, which has {len(row)} tokens.")
     shared = [shared_prefix_length(a, b, min(ra, rb)) for a, b, ra, rb in zip(first, second, read_first, read_second)]
     out = tuple({k: torch.empty(n, lm.hidden_size, dtype=out_dtype) for k in layer_list} for _ in range(2))
     alone = [i for i in range(n) if shared[i] == 0]

@@ -8,6 +8,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from .evaluate.text_scores import vader_scores
+from .steering import Scaled
 
 NEUTRAL_PROMPTS = [
     "I went up to my friend and said",
@@ -67,7 +68,7 @@ def run_demo(out: str | Path, *, model: str | None = None, quick: bool = False) 
     resid_norm = float(resid.norm(dim=-1).median())
     caa_rows = {}
     for m in CAA_MULTIPLIERS:
-        texts = lm.generate(prompts, steering=vec_caa.interventions(m), seed=0, **SAMPLING)
+        texts = lm.generate(prompts, steering=Scaled(vec_caa, m), seed=0, **SAMPLING)
         caa_rows[m] = texts
         results[f"CAA x{m:+g}"] = {"texts": texts, "scores": vader_scores(texts)}
 

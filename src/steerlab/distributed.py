@@ -189,3 +189,17 @@ def layer_sweep_tasks(lm, train, test, layers, multipliers=(-1.0, 1.0), *, ray: 
     parts = map_tasks(_sweep_block, blocks, model=model_spec or lm, ray=ray, workers=workers,
                       resume_dir=resume_dir, desc="layer blocks")
     return merge_sweeps(parts)
+
+
+def build_dictionary_tasks(lm, concepts, layers, *, ray: str | None = "local", workers: int = 2,
+                           model_spec: ModelSpec | None = None, resume_dir=None, **options):
+    """:func:`steerlab.pace.build_dictionary` with its concept shards run as tasks: on Ray workers when
+    ``ray`` is set (each loads ``model_spec``, default ``lm``'s name and dtype), and kept in
+    ``resume_dir`` so an interrupted build resumes. ``options`` are build_dictionary's."""
+    from .pace.dictionary import build_dictionary, shard_means
+
+    def run_shards(shards):
+        return map_tasks(shard_means, shards, model=model_spec or lm, ray=ray, workers=workers,
+                         resume_dir=resume_dir, desc="concept shards")
+
+    return build_dictionary(lm, concepts, layers, run_shards=run_shards, **options)

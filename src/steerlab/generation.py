@@ -8,7 +8,8 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from .intervene import Intervention, Window, flatten_interventions, steer
+from .intervene import Intervention, Window, apply_interventions
+from .steering import as_steering
 
 
 class FrequencyPenalty:
@@ -39,25 +40,6 @@ def _slice_intervention(iv: Intervention, sl: slice, n_total: int) -> Interventi
     return replace(iv, strength=_rows(iv.strength, sl, n_total), window=window)
 
 
-def steering_items(steering) -> list:
-    """``steering`` as a list (it may be one item, a list or tuple of them, or None)."""
-    return list(steering) if isinstance(steering, (list, tuple)) else [steering]
-
-
-def transform_batch(lm, batch, steering):
-    """Let steering that needs other tokens reshape the batch (e.g. ActAdd's pad mode inserts spaces)."""
-    for item in steering_items(steering):
-        if hasattr(item, "transform_batch"):
-            batch = item.transform_batch(lm, batch)
-    return batch
-
-
-def resolve_steering(steering, batch) -> list[Intervention]:
-    """Interventions for one prompt batch: objects with ``for_batch(batch)`` (e.g. ActAdd) are asked
-    for theirs; SteeringVectors and Interventions are used as they are."""
-    return flatten_interventions(steering_items(steering), batch)
-
-
 @torch.no_grad()
 def generate_ids(lm, batch, interventions: Sequence[Intervention], *, max_new_tokens: int, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, frequency_penalty: float = 0.0,
@@ -81,7 +63,7 @@ def generate_ids(lm, batch, interventions: Sequence[Intervention], *, max_new_to
         from transformers import StoppingCriteriaList
 
         kwargs["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
-    with steer(lm, interventions, batch=batch):
+    with apply_interventions(lm, interventions, batch=batch):
         out = lm.model.generate(**batch.model_inputs(), **kwargs)
     return out[:, width:]
 
@@ -103,12 +85,13 @@ def generate(
     batch_size: int = 8,
     progress: bool | None = None,
 ) -> list[str]:
-    """Complete each prompt, under ``steering`` if given (an Intervention, a SteeringVector, an
-    object with ``for_batch``, or a list of them). Per-row strengths given for the whole prompt
-    list are split across internal batches. Returns the generated text only."""
+    """Complete each prompt, under ``steering`` if given (anything :func:`steerlab.steering.as_steering`
+    takes). Per-row strengths given for the whole prompt list are split across internal batches.
+    Returns the generated text only."""
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
+    steering = as_steering(steering)
     if seed is not None:
         torch.manual_seed(seed)
     outputs: list[str] = []
@@ -117,8 +100,8 @@ def generate(
     for start in tqdm(starts, desc="generate", disable=not show, leave=False):
         sl = slice(start, start + batch_size)
         batch = lm.prepare(prompts[sl], chat=chat, system=system, padding_side="left")
-        batch = transform_batch(lm, batch, steering)
-        ivs = [_slice_intervention(iv, sl, len(prompts)) for iv in resolve_steering(steering, batch)]
+        batch = steering.transform_batch(lm, batch)
+        ivs = [_slice_intervention(iv, sl, len(prompts)) for iv in steering.for_batch(batch)]
         out = generate_ids(lm, batch, ivs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                            temperature=temperature, top_p=top_p, frequency_penalty=frequency_penalty)
         outputs.extend(lm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 SHARD_BYTES = 512 * 2**20
 
 
@@ -72,7 +74,7 @@ def convert_gguf(path: Path, out: Path, *, shard_bytes: int = SHARD_BYTES) -> bo
     missing = expected - set(weight_map)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if missing - tied:
-        raise ValueError(f"{path.name}: the conversion found no tensors for {sorted(missing - tied)[:5]}")
+        raise InputError(f"{path.name}: the conversion found no tensors for {sorted(missing - tied)[:5]}")
     index = {"metadata": {"total_size": sum((out / f).stat().st_size for f in files)}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     config.dtype = torch.float32

@@ -25,6 +25,8 @@ from typing import Union
 import torch
 from torch import nn
 
+from .errors import InputError
+
 Rows = Union[int, float, Sequence[int], Sequence[float], torch.Tensor]
 SITES = ("output", "input")
 KINDS = ("add", "project_out", "clamp", "function")
@@ -90,26 +92,26 @@ class Intervention:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"Unknown intervention kind {self.kind!r}; expected one of {KINDS}.")
+            raise InputError(f"Unknown intervention kind {self.kind!r}; expected one of {KINDS}.")
         if self.site not in SITES:
-            raise ValueError(f"site must be 'output' or 'input', not {self.site!r}.")
+            raise InputError(f"site must be 'output' or 'input', not {self.site!r}.")
         if self.kind == "function":
             if not callable(self.fn):
-                raise ValueError("A 'function' intervention needs fn=callable(hidden, ctx) -> hidden.")
+                raise InputError("A 'function' intervention needs fn=callable(hidden, ctx) -> hidden.")
             return
         if not isinstance(self.vector, torch.Tensor):
             raise TypeError(f"A {self.kind!r} intervention needs vector= a torch.Tensor.")
         if self.vector.ndim not in (1, 2) or (self.vector.ndim == 2 and self.kind != "add"):
-            raise ValueError(
+            raise InputError(
                 f"vector has shape {tuple(self.vector.shape)}: expected [hidden] (or [positions, hidden] "
                 "for a per-position add)."
             )
         if not torch.isfinite(self.vector).all():
-            raise ValueError("vector holds NaN or infinite values.")
+            raise InputError("vector holds NaN or infinite values.")
         if self.kind in ("project_out", "clamp"):
             norm = self.vector.float().norm()
             if norm == 0:
-                raise ValueError("Cannot project onto a zero direction.")
+                raise InputError("Cannot project onto a zero direction.")
             self.vector = self.vector / norm
 
     def scaled(self, factor: float) -> Intervention:
@@ -175,7 +177,7 @@ def _per_row(value: Rows, batch: int, device, dtype) -> torch.Tensor:
         return t
     if batch % t.shape[0] == 0:  # generate() expands rows with repeat_interleave
         return t.repeat_interleave(batch // t.shape[0])
-    raise ValueError(f"Per-row value has {t.shape[0]} rows but the batch has {batch}.")
+    raise InputError(f"Per-row value has {t.shape[0]} rows but the batch has {batch}.")
 
 
 class _ForwardState:
@@ -236,10 +238,10 @@ class _Resolved:
         start = iv.window.start
         if isinstance(start, str):
             if start not in SYMBOLIC_STARTS:
-                raise ValueError(f"Unknown window start {start!r}; expected an int or one of {SYMBOLIC_STARTS}.")
+                raise InputError(f"Unknown window start {start!r}; expected an int or one of {SYMBOLIC_STARTS}.")
             if start in ("assistant", "user"):
                 if batch is None:
-                    raise ValueError(
+                    raise InputError(
                         f"Window start {start!r} needs the prompt batch: use steer(..., batch=lm.prepare(prompts)) "
                         "or lm.generate(), which passes it."
                     )
@@ -303,21 +305,24 @@ def _join_output(hidden, original):
 
 
 @contextmanager
-def steer(lm, *interventions, batch=None) -> Iterator[list[Intervention]]:
-    """Apply interventions to every forward pass of ``lm`` inside the ``with`` block.
-
-    ``interventions``: :class:`Intervention` objects, lists of them, or objects with an
-    ``interventions()`` method (e.g. a scaled :class:`~steerlab.vector.SteeringVector`).
-    ``batch``: the :class:`~steerlab.tokens.PromptBatch` being run, needed for landmark windows
-    (``"assistant"``) and so per-row strengths line up with its rows.
+def apply_interventions(lm, interventions: Sequence[Intervention], batch=None) -> Iterator[list[Intervention]]:
+    """Hook ``interventions`` into every forward pass of ``lm`` inside the ``with`` block (removed on
+    exit). This is the one mechanism underneath; callers normally use :func:`steerlab.steer`, which
+    also takes vectors, ActAdd, PaCE and lists. ``batch``: the
+    :class:`~steerlab.tokens.PromptBatch` being run, needed for landmark windows (``"assistant"``)
+    and so per-row strengths line up with its rows.
     """
-    flat = flatten_interventions(interventions, batch)
+    flat = list(interventions)
+    for iv in flat:
+        if not isinstance(iv, Intervention):
+            raise TypeError(f"apply_interventions takes Intervention objects, not {type(iv).__name__}; "
+                            "steerlab.steer takes vectors, ActAdd, PaCE and lists.")
     if batch is not None:
         rows = batch.input_ids.shape[0]
         for iv in flat:
             strength = torch.as_tensor(iv.strength)
             if strength.ndim == 1 and len(strength) != rows:
-                raise ValueError(f"Intervention at layer {iv.layer} has {len(strength)} per-row strengths but the "
+                raise InputError(f"Intervention at layer {iv.layer} has {len(strength)} per-row strengths but the "
                                  f"batch has {rows} prompts; give one strength per prompt (or one number for all).")
     owner = threading.get_ident()
     state = _ForwardState()
@@ -327,7 +332,7 @@ def steer(lm, *interventions, batch=None) -> Iterator[list[Intervention]]:
         for iv in flat:
             layer = lm.check_layer(iv.layer)
             if iv.vector is not None and iv.vector.shape[-1] != lm.hidden_size:
-                raise ValueError(
+                raise InputError(
                     f"Intervention at layer {layer} has hidden size {iv.vector.shape[-1]}, but {lm.name} has "
                     f"{lm.hidden_size}: this vector was made for another model."
                 )
@@ -368,28 +373,3 @@ def _install_block_hook(block: nn.Module, site: str, resolved: list[_Resolved], 
         return args, kwargs
 
     return block.register_forward_pre_hook(pre_hook, with_kwargs=True)
-
-
-def flatten_interventions(items, batch=None) -> list[Intervention]:
-    """Interventions from anything steerable: Interventions, objects with ``interventions()`` (a
-    SteeringVector), objects with ``for_batch(batch)`` (ActAdd, PaCE: they need the prompt batch),
-    and lists or tuples of these."""
-    out: list[Intervention] = []
-    for item in items:
-        if item is None:
-            continue
-        if isinstance(item, Intervention):
-            out.append(item)
-        elif hasattr(item, "for_batch") and (batch is not None or not hasattr(item, "interventions")):
-            if batch is None:
-                raise ValueError(f"{type(item).__name__} needs the prompt batch it steers: pass batch=lm.prepare(...) "
-                                 "(and prepare it with the same steering object if it reshapes prompts).")
-            out.extend(item.for_batch(batch))
-        elif hasattr(item, "interventions"):
-            out.extend(item.interventions())
-        elif isinstance(item, (list, tuple)):
-            out.extend(flatten_interventions(item, batch))
-        else:
-            raise TypeError(f"Cannot steer with {type(item).__name__}; expected Intervention, SteeringVector, "
-                            "ActAdd/PaCE steering or a list of them.")
-    return out

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .blocks import find_blocks
+from .errors import InputError, LayerError
 from .sources import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
@@ -55,7 +56,7 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'.") from None
+        raise InputError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'.") from None
 
 
 @dataclass
@@ -115,7 +116,7 @@ class SteerModel:
 
     def check_layer(self, layer: int) -> int:
         if not -self.num_layers <= layer < self.num_layers:
-            raise IndexError(f"Layer {layer} is out of range: {self.name} has blocks 0..{self.num_layers - 1}.")
+            raise LayerError(f"Layer {layer} is out of range: {self.name} has blocks 0..{self.num_layers - 1}.")
         return layer % self.num_layers
 
     def check_layers(self, layers: int | Sequence[int]) -> list[int]:
@@ -166,11 +167,12 @@ class SteerModel:
         return "position_ids" in inspect.signature(self.model.forward).parameters
 
     # ------------------------------------------------------------------ use
-    def steer(self, *interventions, batch: PromptBatch | None = None):
-        """Context manager that applies interventions to every forward pass inside it."""
-        from .intervene import steer
+    def steer(self, *steering, batch: PromptBatch | None = None):
+        """Context manager that applies ``steering`` (interventions, vectors, ActAdd, PaCE, lists; see
+        :mod:`steerlab.steering`) to every forward pass inside it."""
+        from .steering import steer
 
-        return steer(self, *interventions, batch=batch)
+        return steer(self, *steering, batch=batch)
 
     def generate(self, prompts: str | Sequence[str], **kwargs) -> list[str]:
         """Generate completions; see :func:`steerlab.generation.generate`."""
@@ -275,7 +277,7 @@ def load_model(
     torch_dtype = pick_dtype(dtype, dev)
     if isinstance(name_or_path, nn.Module):
         if tokenizer is None:
-            raise ValueError("load_model(model_object) also needs tokenizer=...")
+            raise InputError("load_model(model_object) also needs tokenizer=...")
         return SteerModel(name_or_path, tokenizer, name=getattr(name_or_path.config, "_name_or_path", "model")
                           or "model", blocks_path=blocks_path)
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)

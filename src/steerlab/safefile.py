@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
+
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
               "U8": np.uint8, "BOOL": np.bool_}
 
@@ -81,10 +83,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     with open(path, "rb") as fh:
         raw = fh.read(8)
         if len(raw) != 8:
-            raise ValueError("file is shorter than a safetensors header")
+            raise InputError("file is shorter than a safetensors header")
         (size,) = struct.unpack("<Q", raw)
         if size > 100_000_000:
-            raise ValueError(f"header length {size} is implausible")
+            raise InputError(f"header length {size} is implausible")
         header = json.loads(fh.read(size))
     return header, 8 + size
 
@@ -97,19 +99,19 @@ def mmap_tensors(path: str | os.PathLike, names=None) -> dict[str, torch.Tensor]
     spans = sorted((tuple(e["data_offsets"]), n) for n, e in header.items() if n != "__metadata__")
     for (prev, prev_name), (cur, name) in zip(spans, spans[1:]):
         if cur[0] < prev[1]:  # two tensors reading the same bytes: a forged or corrupt header
-            raise ValueError(f"tensors {prev_name!r} and {name!r} overlap in the file")
+            raise InputError(f"tensors {prev_name!r} and {name!r} overlap in the file")
     for name, entry in header.items():
         if name == "__metadata__" or (names is not None and name not in names):
             continue
         begin, end = entry["data_offsets"]
         dtype = _NP_DTYPES.get(entry["dtype"])
         if dtype is None:
-            raise ValueError(f"tensor {name!r} has dtype {entry['dtype']}, which steerlab does not memory-map")
+            raise InputError(f"tensor {name!r} has dtype {entry['dtype']}, which steerlab does not memory-map")
         if not 0 <= begin <= end or start + end > size:
-            raise ValueError(f"tensor {name!r} runs past the end of the file (truncated?)")
+            raise InputError(f"tensor {name!r} runs past the end of the file (truncated?)")
         count = int(np.prod(entry["shape"])) if entry["shape"] else 1
         if count * np.dtype(dtype).itemsize != end - begin:
-            raise ValueError(f"tensor {name!r}: shape {entry['shape']} does not match its {end - begin} bytes")
+            raise InputError(f"tensor {name!r}: shape {entry['shape']} does not match its {end - begin} bytes")
         arr = np.memmap(path, dtype=dtype, mode="c", offset=start + begin, shape=(count,))
         out[name] = torch.from_numpy(arr).reshape(entry["shape"])
     return out

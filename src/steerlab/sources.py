@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import MissingFileError
+
 
 @dataclass(frozen=True)
 class BuiltinModel:
@@ -69,7 +71,7 @@ ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3
            "qwen2.5-coder": "qwen2.5-coder-0.5b"}
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(MissingFileError):
     """A model could not be found offline; the message says what to install."""
 
 

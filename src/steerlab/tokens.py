@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .errors import InputError
+
 # Used for models without a chat template (e.g. base models such as Gemma 3 270M).
 PLAIN_USER_PREFIX = "User: "
 PLAIN_ASSISTANT_HEADER = "\nAssistant:"
@@ -57,7 +59,7 @@ def render_prompt(tokenizer: Any, prompt: str, *, chat: bool = True, system: str
     without_header = tokenizer.apply_chat_template(messages, tokenize=False)
     with_header = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if with_header.count(marker) != 1:
-        raise ValueError(
+        raise InputError(
             "The chat template does not place the user's text verbatim in the prompt; pass chat=False and "
             "render the prompt yourself."
         )
@@ -113,11 +115,6 @@ class PromptBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def column(self, row: int, position: int) -> int:
-        """Padded column of real-token ``position`` in ``row``."""
-        pad = self.input_ids.shape[1] - int(self.lengths[row]) if self.padding_side == "left" else 0
-        return pad + position
-
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
@@ -125,9 +122,9 @@ class PromptBatch:
 def pad_ids(rows: Sequence[Sequence[int]], pad_id: int, side: str = "left",
             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     if side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', not {side!r}")
+        raise InputError(f"padding_side must be 'left' or 'right', not {side!r}")
     if any(len(r) == 0 for r in rows):
-        raise ValueError("Cannot encode an empty prompt: it has no tokens.")
+        raise InputError("Cannot encode an empty prompt: it has no tokens.")
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

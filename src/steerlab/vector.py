@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ from typing import Any
 import torch
 
 from . import __version__
-from .safefile import atomic_save
+from .errors import InputError
 from .intervene import SITES, Intervention, Rows, Window, add
+from .safefile import atomic_save
 
 FORMAT = "steerlab.steering_vector"
 FORMAT_VERSION = 1
@@ -21,7 +23,7 @@ FORMAT_VERSION = 1
 APPLY_MODES = ("assistant", "front", "all", "generated")
 
 
-class VectorFileError(ValueError):
+class VectorFileError(InputError):
     """A vector file is missing, corrupt, or made for another model."""
 
 
@@ -44,17 +46,17 @@ class SteeringVector:
 
     def __post_init__(self) -> None:
         if not self.layers:
-            raise ValueError("A SteeringVector needs at least one layer.")
+            raise InputError("A SteeringVector needs at least one layer.")
         if self.apply not in APPLY_MODES:
-            raise ValueError(f"apply={self.apply!r}; expected one of {APPLY_MODES}.")
+            raise InputError(f"apply={self.apply!r}; expected one of {APPLY_MODES}.")
         if self.site not in SITES:
-            raise ValueError(f"site={self.site!r}; expected one of {SITES}.")
+            raise InputError(f"site={self.site!r}; expected one of {SITES}.")
         if any(int(k) < 0 for k in self.layers):
-            raise ValueError(f"Layers are block indices from 0; got {sorted(int(k) for k in self.layers)}.")
+            raise InputError(f"Layers are block indices from 0; got {sorted(int(k) for k in self.layers)}.")
         self.layers = {int(k): v.detach() for k, v in sorted(self.layers.items())}
         for layer, t in self.layers.items():
             if t.shape[-1] != self.hidden_size or t.ndim not in (1, 2):
-                raise ValueError(f"Layer {layer} has shape {tuple(t.shape)}; expected [{self.hidden_size}] "
+                raise InputError(f"Layer {layer} has shape {tuple(t.shape)}; expected [{self.hidden_size}] "
                                  f"or [positions, {self.hidden_size}].")
 
     # ------------------------------------------------------------------ arithmetic
@@ -76,7 +78,7 @@ class SteeringVector:
         if not isinstance(other, SteeringVector):
             raise TypeError(f"Cannot combine a SteeringVector with {type(other).__name__}.")
         if other.hidden_size != self.hidden_size or other.site != self.site:
-            raise ValueError(
+            raise InputError(
                 f"Cannot combine vectors for hidden size {self.hidden_size} ({self.site}) and "
                 f"{other.hidden_size} ({other.site})."
             )
@@ -86,13 +88,20 @@ class SteeringVector:
         layers = dict(self.layers)
         for k, v in other.layers.items():
             if k in layers and layers[k].shape != v.shape:
-                raise ValueError(f"Layer {k}: shapes {tuple(layers[k].shape)} and {tuple(v.shape)} differ.")
+                raise InputError(f"Layer {k}: shapes {tuple(layers[k].shape)} and {tuple(v.shape)} differ.")
             layers[k] = layers[k] + v if k in layers else v
         method = self.method if other.method == self.method else f"{self.method}+{other.method}"
         return replace(self, layers=layers, method=method)
 
     def __sub__(self, other: SteeringVector) -> SteeringVector:
         return self + (-other)
+
+    def select(self, layers: Sequence[int]) -> SteeringVector:
+        """The same vector at ``layers`` only (each must be one of its layers)."""
+        missing = [k for k in layers if k not in self.layers]
+        if missing:
+            raise InputError(f"This vector has layers {sorted(self.layers)}, not {missing}.")
+        return self._with({k: self.layers[k] for k in layers})
 
     def norms(self) -> dict[int, float]:
         return {k: float(v.float().norm()) for k, v in self.layers.items()}
@@ -194,12 +203,12 @@ def _read_safetensors(path: Path) -> SteeringVector:
     try:
         header = json.loads(raw)
         if not isinstance(header, dict) or not isinstance(header.get("meta", {}), dict):
-            raise ValueError("the header and its 'meta' must be JSON objects")
+            raise InputError("the header and its 'meta' must be JSON objects")
         if header.get("format") != FORMAT:
-            raise ValueError("wrong format tag")
+            raise InputError("wrong format tag")
         layers = {int(name.split(".", 1)[1]): t for name, t in tensors.items() if name.startswith("layer.")}
         if sorted(layers) != sorted(header["layers"]):
-            raise ValueError(f"header lists layers {header['layers']} but the file holds {sorted(layers)}")
+            raise InputError(f"header lists layers {header['layers']} but the file holds {sorted(layers)}")
         return SteeringVector(
             layers=layers, model_name=header["model_name"], hidden_size=int(header["hidden_size"]),
             method=header.get("method", "custom"), site=header.get("site", "output"),

@@ -16,12 +16,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 BUILTIN = ("sentiment", "refusal", "sycophancy", "weddings")
 _META_TAGS = re.compile(r"<META_START>.*?<META_END>", re.DOTALL)
 _LETTER = re.compile(r"\(([A-Z])\)?")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset file or item is malformed; the message names where and what."""
 
 
@@ -176,10 +178,10 @@ def split(pairs: Sequence[ContrastivePair], train_fraction: float = 0.5, *, n_tr
     left out. Text pairs and open answers have one stratum, so nothing is left out for them.
     """
     if not 0 < train_fraction < 1:
-        raise ValueError("train_fraction must be between 0 and 1.")
+        raise InputError("train_fraction must be between 0 and 1.")
     for name, value in (("n_train", n_train), ("n_test", n_test)):
         if value is not None and value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}.")
+            raise InputError(f"{name} must be at least 1, got {value}.")
     groups = _groups(pairs)
     if not balance or len(groups) < 2:
         cut = n_train if n_train is not None else int(round(len(pairs) * train_fraction))

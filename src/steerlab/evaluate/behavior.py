@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..datasets import ContrastivePair
-from ..intervene import Window, add, steer
+from ..errors import InputError
+from ..intervene import Window, add, apply_interventions
 from ..tokens import char_to_token, pad_ids, tokenize_with_offsets
 from ..vector import SteeringVector
 
@@ -50,7 +51,7 @@ def _prepare(lm, pair: ContrastivePair, chat: bool, system: str | None) -> _Item
         prefixes.append(min(prefix, start - 1))
     prefix = min(prefixes)
     if ids[0][:prefix] != ids[1][:prefix]:
-        raise ValueError("The two answers change the tokens before the assistant turn; cannot score them.")
+        raise InputError("The two answers change the tokens before the assistant turn; cannot score them.")
     return _Item(ids, starts, max(prefix, 1))
 
 
@@ -141,12 +142,12 @@ def _score_item(lm, pair: ContrastivePair, vector: SteeringVector | None, varian
         cache.batch_repeat_interleave(len(rows))
         suffix, mask = pad_ids([r[item.prefix:] for r in rows], lm.tokenizer.pad_token_id, "right", lm.device)
         past = torch.ones(len(rows), item.prefix, dtype=mask.dtype, device=mask.device)
-        with steer(lm, ivs):
+        with apply_interventions(lm, ivs):
             logits = lm.model(**lm.continuation_inputs(suffix, mask, past, cache)).logits
         offset = item.prefix  # answers start after the prefix, so its own logits are never needed
     else:
         ids, mask = pad_ids(rows, lm.tokenizer.pad_token_id, "right", lm.device)
-        with steer(lm, ivs):
+        with apply_interventions(lm, ivs):
             logits = lm.model(**lm.forward_inputs(ids, mask)).logits
         offset = 0
     return _answer_logprob(logits, rows, starts, offset).view(len(variants), 2).cpu()

@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 
 from ..datasets import ContrastivePair, load_ab
-from ..generation import resolve_steering, steering_items, transform_batch
-from ..intervene import steer
+from ..errors import InputError
+from ..steering import as_steering, steer
 from ..tokens import Rendered, char_to_token, encode_texts, tokenize_with_offsets
 from .behavior import Variant, answer_logprobs, p_matching
 
@@ -67,17 +67,17 @@ def token_nll(lm, texts: Sequence[str], steering=None, *, skip_first: int = 0, u
     out = []
     for i in range(0, len(texts), batch_size):
         batch, starts = _batch(lm, texts[i: i + batch_size], user_prompt)
-        if any(hasattr(s, "transform_batch") and s.mode == "pad" for s in steering_items(steering)):
-            raise ValueError("token_nll compares steered and unsteered scores of the same tokens; use overlay mode.")
-        batch = transform_batch(lm, batch, steering)
-        with steer(lm, resolve_steering(steering, batch), batch=batch):
+        if any(getattr(s, "mode", None) == "pad" for s in as_steering(steering).parts):
+            raise InputError("token_nll compares steered and unsteered scores of the same tokens; use overlay mode.")
+        batch = as_steering(steering).transform_batch(lm, batch)
+        with steer(lm, steering, batch=batch):
             logits = lm.model(**lm.forward_inputs(batch.input_ids, batch.attention_mask)).logits.float()
         logp = logits[:, :-1].log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
         for r in range(len(batch)):
             n = int(batch.lengths[r])
             start = max(skip_first, starts[r], 1)
             if start >= n:
-                raise ValueError(f"Text {i + r} has {n} tokens, none left after skipping the first {start}.")
+                raise InputError(f"Text {i + r} has {n} tokens, none left after skipping the first {start}.")
             out.append(float(-logp[r, start - 1: n - 1].mean()))
     return out
 
@@ -118,8 +118,8 @@ def next_token_accuracy(lm, facts: Sequence[tuple[str, str]] | None = None, stee
     for i in range(0, len(facts), batch_size):
         chunk = facts[i: i + batch_size]
         batch, _ = _batch(lm, [p for p, _ in chunk], user_prompt)
-        batch = transform_batch(lm, batch, steering)
-        with steer(lm, resolve_steering(steering, batch), batch=batch):
+        batch = as_steering(steering).transform_batch(lm, batch)
+        with steer(lm, steering, batch=batch):
             logits = lm.model(**lm.forward_inputs(batch.input_ids, batch.attention_mask)).logits
         last = logits[torch.arange(len(chunk)), batch.lengths.to(logits.device) - 1]
         top = last.topk(max(ks), -1).indices.cpu()

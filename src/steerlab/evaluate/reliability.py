@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from ..datasets import ContrastivePair, answer_letter, describe_balance, matching_is_a, matching_is_yes
+from ..errors import InputError
 from ..vector import SteeringVector
 from .behavior import Variant, answer_logprobs, propensity
 from .files import pyplot, save_json_and_plot
@@ -261,12 +262,12 @@ def reliability(lm, vector: SteeringVector, test: Sequence[ContrastivePair], *, 
     """
     if layer is None:
         if len(vector.layers) != 1:
-            raise ValueError(f"The vector has layers {sorted(vector.layers)}; pass layer=.")
+            raise InputError(f"The vector has layers {sorted(vector.layers)}; pass layer=.")
         layer = next(iter(vector.layers))
     if layer not in vector.layers:
-        raise ValueError(f"The vector has no layer {layer}; it has {sorted(vector.layers)}.")
+        raise InputError(f"The vector has no layer {layer}; it has {sorted(vector.layers)}.")
     if not test:
-        raise ValueError("Reliability needs at least one test item.")
+        raise InputError("Reliability needs at least one test item.")
     multipliers = [float(m) for m in multipliers]
     real = [Variant(m * scale, layer) for m in multipliers]
     nulls = [null_vector(vector, layer, seed=seed + j) for j in range(null_directions if null else 0)]

@@ -15,11 +15,13 @@ first tokens, exactly as in raw mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
 from ..capture import capture
-from ..intervene import Intervention, Window, add
+from ..errors import InputError
+from ..intervene import Intervention
 from ..tokens import PromptBatch, char_to_token, encode_texts, pad_ids, tokenize_with_offsets
 from ..vector import SteeringVector
 
@@ -38,7 +40,7 @@ def _prompt_tokens(lm, text: str, chat: bool, system: str | None) -> tuple[list[
 def space_token_id(tokenizer) -> int:
     ids = tokenizer(" ", add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError("The tokenizer encodes ' ' as nothing; ActAdd needs a space token for padding.")
+        raise InputError("The tokenizer encodes ' ' as nothing; ActAdd needs a space token for padding.")
     return ids[-1]
 
 
@@ -72,13 +74,14 @@ class ActAddSteering:
 
     vector: SteeringVector
     multiplier: float = 1.0
-    mode: str = "overlay"
+    mode: Literal["overlay", "pad"] = "overlay"
+    needs_batch: ClassVar[bool] = True  # the overlay check and the pad reshape read the batch (not a dataclass field)
 
     def __post_init__(self) -> None:
         if self.vector.method != "actadd" or len(self.vector.layers) != 1:
-            raise ValueError("ActAddSteering needs a vector from steerlab.methods.actadd.extract().")
+            raise InputError("ActAddSteering needs a vector from steerlab.methods.actadd.extract().")
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}.")
+            raise InputError(f"mode must be one of {MODES}, not {self.mode!r}.")
 
     @property
     def n(self) -> int:
@@ -88,7 +91,7 @@ class ActAddSteering:
         if self.mode == "overlay":
             short = [i for i, length in enumerate(batch.lengths.tolist()) if length < self.n]
             if short:
-                raise ValueError(
+                raise InputError(
                     f"ActAdd overlay mode needs prompts of at least {self.n} tokens (the steering pair's length), "
                     f"but prompt(s) {short} are shorter. Use a longer prompt or mode='pad'."
                 )
@@ -100,7 +103,7 @@ class ActAddSteering:
         for i in range(len(batch)):
             ids = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
             if ids[:shared] != prefix:
-                raise ValueError("pad mode: the prompt does not start with the steering pair's shared prefix "
+                raise InputError("pad mode: the prompt does not start with the steering pair's shared prefix "
                                  "(render both the same way: chat or raw).")
             rows.append(ids[:shared] + [space] * (self.n - shared) + ids[shared:])
         ids, mask = pad_ids(rows, lm.tokenizer.pad_token_id, batch.padding_side, batch.input_ids.device)
@@ -108,9 +111,8 @@ class ActAddSteering:
         return PromptBatch(ids, mask, batch.lengths + extra, batch.user_start + extra, batch.user_end + extra,
                            batch.assistant_start + extra, batch.padding_side, batch.rendered)
 
-    def for_batch(self, batch: PromptBatch) -> list[Intervention]:
-        (layer, tensor), = self.vector.layers.items()
-        return [add(layer, tensor, strength=self.multiplier, window=Window.span(0, self.n), site="input")]
+    def for_batch(self, batch: PromptBatch | None) -> list[Intervention]:
+        return self.vector.interventions(self.multiplier)  # S over positions 0..n-1, prompt pass only
 
 
 def prepare(lm, prompts, steering: ActAddSteering, *, chat: bool = False, system: str | None = None) -> PromptBatch:

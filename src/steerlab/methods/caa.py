@@ -31,6 +31,7 @@ import torch
 
 from ..capture import capture, capture_contrast
 from ..datasets import ContrastivePair, answer_letter, counterbalanced, describe_balance, fingerprint, read_char
+from ..errors import InputError
 from ..tokens import Rendered, char_to_token, tokenize_with_offsets
 from ..vector import SteeringVector
 
@@ -61,7 +62,7 @@ def differences(lm, pairs: Sequence[ContrastivePair], layers: Sequence[int], *, 
     full, batched. Both stop after the deepest layer and agree to float rounding.
     """
     if not pairs:
-        raise ValueError("CAA needs at least one contrastive pair.")
+        raise InputError("CAA needs at least one contrastive pair.")
     ids, positions = [], []
     for answer_of in (lambda p: p.positive, lambda p: p.negative):
         for pair in pairs:
@@ -114,7 +115,7 @@ def direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean") -> tor
     elif method == "probe":
         d = _probe_direction(pos.float(), neg.float())
     else:
-        raise ValueError(f"Unknown CAA method {method!r}; expected one of {METHODS}.")
+        raise InputError(f"Unknown CAA method {method!r}; expected one of {METHODS}.")
     d = d / d.norm().clamp_min(1e-12)
     projection = (diff @ d).mean()
     if projection < 0:
@@ -128,7 +129,7 @@ def letter_signs(pairs: Sequence[ContrastivePair]) -> torch.Tensor:
     for p in pairs:
         a, b = answer_letter(p.positive), answer_letter(p.negative)
         if a is None or b is None:
-            raise ValueError("Letter directions need A/B items.")
+            raise InputError("Letter directions need A/B items.")
         signs.append(1.0 if a < b else -1.0)
     return torch.tensor(signs)
 
@@ -156,7 +157,7 @@ def letter_directions(lm, pairs: Sequence[ContrastivePair], layers: int | Sequen
     layer_list = lm.check_layers(layers)
     both = counterbalanced(pairs)
     if both is None:
-        raise ValueError("Letter directions need A/B items whose two options can be swapped.")
+        raise InputError("Letter directions need A/B items whose two options can be swapped.")
     pos, neg = differences(lm, both, layer_list, chat=chat, system=system, batch_size=batch_size, progress=progress)
     return {k: _letter_direction(both, pos[k], neg[k]) for k in layer_list}
 
@@ -175,12 +176,12 @@ def extract(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *
     """
     layer_list = lm.check_layers(layers)
     if method not in METHODS:
-        raise ValueError(f"Unknown CAA method {method!r}; expected one of {METHODS}.")
+        raise InputError(f"Unknown CAA method {method!r}; expected one of {METHODS}.")
     if not pairs:
-        raise ValueError("CAA needs at least one contrastive pair.")
+        raise InputError("CAA needs at least one contrastive pair.")
     both = counterbalanced(pairs)
     if counterbalance and both is None:
-        raise ValueError("counterbalance=True needs A/B items whose two options can be swapped "
+        raise InputError("counterbalance=True needs A/B items whose two options can be swapped "
                          "(datasets.swap_options returned None for some item).")
     counterbalance = both is not None if counterbalance is None else counterbalance
     measure_letter = both is not None if measure_letter is None else (measure_letter and both is not None)

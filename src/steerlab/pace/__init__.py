@@ -5,11 +5,11 @@ undesirable components during generation (with the two baselines it is compared 
 from .concepts import TEMPLATES, concept_words, stimuli
 from .dictionary import ConceptDictionary, DictionaryFileError, build_dictionary
 from .partition import TASKS, EmbeddingPartitioner, Partition, SeedPartitioner, Task, TextEmbedder
-from .removal import METHODS, OrthogonalProjection, PaCE, PaCEPositive, VectorSubtraction
+from .removal import METHODS, OrthogonalProjection, PaCE, VectorSubtraction
 from .solver import ElasticNet, objective, sparse_code
 
 __all__ = [
     "METHODS", "TASKS", "TEMPLATES", "ConceptDictionary", "DictionaryFileError", "ElasticNet", "EmbeddingPartitioner",
-    "OrthogonalProjection", "PaCE", "PaCEPositive", "Partition", "SeedPartitioner", "Task", "TextEmbedder",
+    "OrthogonalProjection", "PaCE", "Partition", "SeedPartitioner", "Task", "TextEmbedder",
     "VectorSubtraction", "build_dictionary", "concept_words", "objective", "sparse_code", "stimuli",
 ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..errors import InputError
+
 # Sentence frames; "{w}" is the concept. Varied roles (object, subject, topic, quoted, modifier).
 TEMPLATES: tuple[str, ...] = (
     "I kept thinking about {w} all day.",
@@ -50,7 +52,7 @@ def concept_words(n: int = 10000, *, lang: str = "en", min_length: int = 3, skip
             out.append(word)
             if len(out) == n:
                 return out
-    raise ValueError(f"wordfreq offers only {len(out)} usable {lang!r} words; ask for fewer than {n}.")
+    raise InputError(f"wordfreq offers only {len(out)} usable {lang!r} words; ask for fewer than {n}.")
 
 
 def stimuli(concept: str, templates: Iterable[str] = TEMPLATES) -> list[tuple[str, int, int]]:
@@ -58,7 +60,7 @@ def stimuli(concept: str, templates: Iterable[str] = TEMPLATES) -> list[tuple[st
     out = []
     for template in templates:
         if template.count("{w}") != 1:
-            raise ValueError(f"Template {template!r} must contain '{{w}}' exactly once.")
+            raise InputError(f"Template {template!r} must contain '{{w}}' exactly once.")
         start = template.index("{w}")
         text = template.replace("{w}", concept)
         out.append((text, start, start + len(concept)))

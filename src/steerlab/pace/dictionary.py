@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..capture import capture
+from ..errors import InputError, UnknownNameError
 from ..safefile import atomic_save, mmap_tensors, read_header
 from ..tokens import tokenize_with_offsets
 from .concepts import TEMPLATES, stimuli
@@ -28,7 +29,7 @@ from .concepts import TEMPLATES, stimuli
 FORMAT = "steerlab.concept_dictionary"
 
 
-class DictionaryFileError(ValueError):
+class DictionaryFileError(InputError):
     """A dictionary file is missing, damaged or made for another model."""
 
 
@@ -43,10 +44,10 @@ class ConceptDictionary:
 
     def __post_init__(self) -> None:
         if len(set(self.concepts)) != len(self.concepts):
-            raise ValueError("Concept names must be unique.")
+            raise InputError("Concept names must be unique.")
         for layer, a in self.atoms.items():
             if a.shape != (len(self.concepts), self.hidden_size):
-                raise ValueError(f"atoms[{layer}] has shape {tuple(a.shape)}; expected "
+                raise InputError(f"atoms[{layer}] has shape {tuple(a.shape)}; expected "
                                  f"{(len(self.concepts), self.hidden_size)}.")
         self._index = {c: i for i, c in enumerate(self.concepts)}
 
@@ -59,13 +60,13 @@ class ConceptDictionary:
 
     def index(self, concept: str) -> int:
         if concept not in self._index:
-            raise KeyError(f"{concept!r} is not in this dictionary of {len(self)} concepts.")
+            raise UnknownNameError(f"{concept!r} is not in this dictionary of {len(self)} concepts.")
         return self._index[concept]
 
     def matrix(self, layer: int) -> torch.Tensor:
         """``D`` as docs/methods.md writes it: ``[d, K]``, one unit-norm column per concept."""
         if layer not in self.atoms:
-            raise KeyError(f"The dictionary has layers {self.layers}, not {layer}.")
+            raise UnknownNameError(f"The dictionary has layers {self.layers}, not {layer}.")
         return self.atoms[layer].T
 
     def neighbours(self, concept: str, k: int = 10, layer: int | None = None) -> list[tuple[str, float]]:
@@ -102,7 +103,7 @@ class ConceptDictionary:
             raw, _ = read_header(path)
             header = json.loads(raw["__metadata__"]["steerlab"])
             if header.get("format") != FORMAT:
-                raise ValueError("not a steerlab concept dictionary")
+                raise InputError("not a steerlab concept dictionary")
             tensors = mmap_tensors(path)
             atoms = {int(k): tensors[f"atoms.{k}"] for k in header["layers"]}
             centres = {int(k): tensors[f"centre.{k}"] for k in header["layers"] if f"centre.{k}" in tensors}
@@ -110,9 +111,9 @@ class ConceptDictionary:
                       centres, header.get("meta", {}))
             for k, a in list(atoms.items()) + list(centres.items()):
                 if not a.is_floating_point():
-                    raise ValueError(f"layer {k} holds {a.dtype} values, not floating point")
+                    raise InputError(f"layer {k} holds {a.dtype} values, not floating point")
                 if not bool(torch.isfinite(a).all()):
-                    raise ValueError(f"layer {k} holds NaN or infinite values")
+                    raise InputError(f"layer {k} holds NaN or infinite values")
         except (OSError, ValueError, KeyError, TypeError, OverflowError) as err:
             raise DictionaryFileError(f"{path} is not a readable concept dictionary ({err}). Rebuild it with "
                                       "`steerlab pace build`.") from err
@@ -129,10 +130,10 @@ def _stimulus_rows(lm, concepts: Sequence[str], templates: Sequence[str]):
         for text, start, end in stimuli(concept, templates):
             ids, offsets = tokenize_with_offsets(lm.tokenizer, text)
             if offsets is None:
-                raise ValueError("Building a dictionary needs a fast tokenizer (with character offsets).")
+                raise InputError("Building a dictionary needs a fast tokenizer (with character offsets).")
             mask = [e > start and s < end and e > s for s, e in offsets]
             if not any(mask):
-                raise ValueError(f"Concept {concept!r} has no tokens of its own in {text!r}.")
+                raise InputError(f"Concept {concept!r} has no tokens of its own in {text!r}.")
             ids_rows.append(ids)
             masks.append(mask)
             owner.append(k)
@@ -158,34 +159,43 @@ def concept_means(lm, concepts: Sequence[str], layers: Sequence[int], *, templat
     return out
 
 
-def _shard_means(lm, task) -> dict[int, torch.Tensor]:
-    concepts, layers, templates, batch_size = task
-    return concept_means(lm, concepts, layers, templates=templates, batch_size=batch_size)
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard of a dictionary build (what a worker receives)."""
+
+    concepts: list[str]
+    layers: list[int]
+    templates: list[str]
+    batch_size: int
+
+
+def shard_means(lm, task: ShardTask) -> dict[int, torch.Tensor]:
+    """Mean activation of each of the shard's concepts at each layer."""
+    return concept_means(lm, task.concepts, task.layers, templates=task.templates, batch_size=task.batch_size)
 
 
 def build_dictionary(lm, concepts: Sequence[str], layers: Sequence[int] | int, *,
                      templates: Sequence[str] = TEMPLATES, batch_size: int = 128, shard: int = 512,
-                     progress: bool | None = None, ray: str | None = None, workers: int = 2, model_spec=None,
-                     resume_dir=None) -> ConceptDictionary:
+                     progress: bool | None = None,
+                     run_shards: Callable[[list[ShardTask]], list[dict[int, torch.Tensor]]] | None = None
+                     ) -> ConceptDictionary:
     """Build atoms for ``concepts`` at ``layers`` of ``lm`` (see the module docstring for the recipe).
 
-    Concepts are processed in shards of ``shard``; ``ray`` ("local" or an address) runs the shards on
-    Ray workers (each loads ``model_spec``, default ``lm``'s name and dtype); ``resume_dir`` keeps each
-    finished shard so an interrupted build can be resumed."""
-    layers = sorted({lm.check_layer(x) for x in ([layers] if isinstance(layers, int) else layers)})
+    Concepts are processed in shards of ``shard``; ``run_shards`` (default: one after another, here)
+    computes :func:`shard_means` for a list of shards, e.g. on Ray workers with resumable results
+    (:func:`steerlab.distributed.build_dictionary_tasks`)."""
+    layers = lm.check_layers(layers)
     concepts = list(dict.fromkeys(c.strip() for c in concepts if c.strip()))
     if len(concepts) < 2:
-        raise ValueError("A concept dictionary needs at least two distinct concepts.")
+        raise InputError("A concept dictionary needs at least two distinct concepts.")
     t0 = time.time()
-    shards = [(concepts[s: s + shard], layers, list(templates), batch_size) for s in range(0, len(concepts), shard)]
-    if ray is None and resume_dir is None:
+    shards = [ShardTask(concepts[s: s + shard], layers, list(templates), batch_size)
+              for s in range(0, len(concepts), shard)]
+    if run_shards is None:
         show = progress if progress is not None else len(concepts) > shard
-        parts = [_shard_means(lm, task) for task in tqdm(shards, desc="concepts", disable=not show, unit="shard")]
+        parts = [shard_means(lm, task) for task in tqdm(shards, desc="concepts", disable=not show, unit="shard")]
     else:
-        from ..distributed import map_tasks
-
-        parts = map_tasks(_shard_means, shards, model=model_spec or lm, ray=ray,
-                          workers=workers, resume_dir=resume_dir, desc="concept shards")
+        parts = run_shards(shards)
     atoms, centres = {}, {}
     for layer in layers:
         m = torch.cat([part[layer] for part in parts])

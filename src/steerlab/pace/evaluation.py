@@ -8,13 +8,13 @@ the *unsteered* model, given the prompt), and wall time per generated token.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
+from ..errors import InputError
 from ..evaluate.capability import token_nll
 from ..evaluate.files import pyplot, save_json_and_plot
 from ..evaluate.text_scores import lexicon_rate, profanity_scores, vader_scores
@@ -106,12 +106,6 @@ class PaceEval:
         fig.savefig(path, dpi=120)
         plt.close(fig)
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> PaceEval:
-        raw = json.loads(Path(path).read_text())
-        raw["results"] = [MethodResult(**r) for r in raw["results"]]
-        return cls(**raw)
-
     def save(self, folder: str | Path) -> Path:
         stem = f"pace-{self.task}"
         folder = save_json_and_plot(self, folder, stem)
@@ -131,7 +125,7 @@ def evaluate_removal(lm, dictionary, partition, layers, *, task: str, prompts=No
         steering = None
         if name != "unsteered":
             if name not in METHODS:
-                raise ValueError(f"Unknown method {name!r}; choose from unsteered, {', '.join(METHODS)}.")
+                raise InputError(f"Unknown method {name!r}; choose from unsteered, {', '.join(METHODS)}.")
             steering = METHODS[name](dictionary, partition, layers, **(method_kwargs or {}).get(name, {}))
         t0 = time.perf_counter()
         texts = lm.generate(prompts, steering=steering, max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InputError, MissingFileError, UnknownNameError
 from ..safefile import atomic_write
 from ..sources import cache_dir
 from .dictionary import ConceptDictionary
@@ -61,7 +62,7 @@ def get_task(task: str | Task) -> Task:
     if isinstance(task, Task):
         return task
     if task not in TASKS:
-        raise KeyError(f"Unknown task {task!r}; built-in tasks: {sorted(TASKS)} (or pass a Task with anchors).")
+        raise UnknownNameError(f"Unknown task {task!r}; built-in tasks: {sorted(TASKS)} (or pass a Task with anchors).")
     return TASKS[task]
 
 
@@ -97,13 +98,18 @@ class Partition:
         """Read a labels file. Concepts it does not list are benign; unknown concepts or labels are errors."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"No labels file at {path}.")
+            raise MissingFileError(f"No labels file at {path}.")
         undesirable = torch.zeros(len(dictionary), dtype=torch.bool)
         found_task = task
         seen: dict[str, tuple[int, str]] = {}
         header_allowed = True
         # Lines end at "\n" only (names may hold other Unicode line breaks); "\r\n" files are fine.
-        for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            line = path.read_bytes()[: err.start].count(b"\n") + 1
+            raise InputError(f"{path}:{line}: not UTF-8 text ({err.reason}); save the labels file as UTF-8.") from None
+        for n, line in enumerate(text.split("\n"), 1):
             line = line.removesuffix("\r")
             if line.startswith("#"):
                 if found_task is None and "task=" in line:
@@ -117,12 +123,12 @@ class Partition:
             header_allowed = False
             parts = line.split("\t")
             if len(parts) < 2 or parts[1].strip() not in LABELS:
-                raise ValueError(f"{path}:{n}: expected 'concept<TAB>benign|undesirable', got {line!r}.")
+                raise InputError(f"{path}:{n}: expected 'concept<TAB>benign|undesirable', got {line!r}.")
             concept, label = _unescape(parts[0].strip()), parts[1].strip()
             if concept not in dictionary._index:
-                raise ValueError(f"{path}:{n}: concept {concept!r} is not in the dictionary.")
+                raise InputError(f"{path}:{n}: concept {concept!r} is not in the dictionary.")
             if concept in seen and seen[concept][1] != label:
-                raise ValueError(f"{path}:{n}: concept {concept!r} is labelled {label} here but {seen[concept][1]} "
+                raise InputError(f"{path}:{n}: concept {concept!r} is labelled {label} here but {seen[concept][1]} "
                                  f"on line {seen[concept][0]}; keep one line per concept.")
             seen[concept] = (n, label)
             undesirable[dictionary.index(concept)] = label == "undesirable"
@@ -233,14 +239,14 @@ class SeedPartitioner:
     def __init__(self, seeds: Sequence[str], expand: float | None = None, model_dir: str | None = None) -> None:
         self.seeds = [s.strip() for s in seeds if s.strip()]
         if not self.seeds:
-            raise ValueError("SeedPartitioner needs at least one seed concept.")
+            raise InputError("SeedPartitioner needs at least one seed concept.")
         self.expand = expand
         self.model_dir = model_dir
 
     def partition(self, dictionary: ConceptDictionary, task: str = "seeds") -> Partition:
         missing = [s for s in self.seeds if s not in dictionary._index]
         if missing and self.expand is None:
-            raise ValueError(f"Seeds {missing[:10]} are not in the dictionary; fix them or pass expand= to match "
+            raise InputError(f"Seeds {missing[:10]} are not in the dictionary; fix them or pass expand= to match "
                              "by embedding similarity.")
         undesirable = torch.zeros(len(dictionary), dtype=torch.bool)
         for s in self.seeds:

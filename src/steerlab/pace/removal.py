@@ -14,30 +14,33 @@ baselines PaCE is compared with, behind one interface: each is a steering object
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 
+from ..errors import InputError
 from ..intervene import HookContext, Intervention, Rows, Window, apply_fn
+from ..steering import SteeringBase
 from .dictionary import ConceptDictionary
 from .partition import Partition
 from .solver import ElasticNet, sparse_code
 
 
-class _Removal:
+class _Removal(SteeringBase):
     name = "removal"
 
     def __init__(self, dictionary: ConceptDictionary, partition: Partition, layers: Sequence[int] | int | None = None,
                  *, strength: Rows = 1.0, window: Window | None = None) -> None:
         if list(partition.concepts) != list(dictionary.concepts):
-            raise ValueError("The partition was made for another dictionary (its concepts differ); re-run the "
+            raise InputError("The partition was made for another dictionary (its concepts differ); re-run the "
                              "partitioner on this dictionary.")
         self.dictionary = dictionary
         self.partition = partition
         layers = dictionary.layers if layers is None else ([layers] if isinstance(layers, int) else list(layers))
         missing = [x for x in layers if x not in dictionary.atoms]
         if missing:
-            raise ValueError(f"The dictionary has atoms for layers {dictionary.layers}, not {missing}.")
+            raise InputError(f"The dictionary has atoms for layers {dictionary.layers}, not {missing}.")
         self.layers = layers
         self.strength = strength
         self.window = window or Window.all()
@@ -71,7 +74,7 @@ class _Removal:
         s = self.strength if strength is None else strength
         return [apply_fn(layer, self._hook(layer), strength=s, window=self.window) for layer in self.layers]
 
-    def for_batch(self, batch) -> list[Intervention]:
+    def for_batch(self, batch=None) -> list[Intervention]:
         return self.interventions()
 
     def __repr__(self) -> str:
@@ -89,7 +92,7 @@ class PaCE(_Removal):
         ``"positive"`` removes only those with ``c_k > 0`` (the activation leans *towards* the
         concept) and keeps negative ones, which lean away from it (e.g. away from "hate")."""
         if sign not in ("both", "positive"):
-            raise ValueError(f"sign must be 'both' or 'positive', not {sign!r}.")
+            raise InputError(f"sign must be 'both' or 'positive', not {sign!r}.")
         super().__init__(dictionary, partition, layers, strength=strength, window=window)
         self.solver = solver
         self.sign = sign
@@ -145,13 +148,6 @@ class VectorSubtraction(_Removal):
         return self.scale * z.norm(dim=-1, keepdim=True) * v
 
 
-class PaCEPositive(PaCE):
-    """PaCE removing only the undesirable components the activation leans towards (``c_k > 0``)."""
-
-    name = "pace-positive"
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **{**kwargs, "sign": "positive"})
-
-
-METHODS = {cls.name: cls for cls in (PaCE, PaCEPositive, OrthogonalProjection, VectorSubtraction)}
+# The removal methods by name; "pace-positive" removes only the components the activation leans towards.
+METHODS = {"pace": PaCE, "pace-positive": functools.partial(PaCE, sign="positive"),
+           "orthogonal": OrthogonalProjection, "subtraction": VectorSubtraction}

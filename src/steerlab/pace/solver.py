@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class ElasticNet:
@@ -38,7 +40,7 @@ class ElasticNet:
 
     def __post_init__(self) -> None:
         if not (self.alpha > 0 and 0 < self.tau <= 1):
-            raise ValueError(f"Need alpha > 0 and 0 < tau <= 1 (got alpha={self.alpha}, tau={self.tau}).")
+            raise InputError(f"Need alpha > 0 and 0 < tau <= 1 (got alpha={self.alpha}, tau={self.tau}).")
 
     @property
     def l1(self) -> float:
@@ -130,11 +132,11 @@ def sparse_code(
     ``init``: warm-start coefficients ``[B, K]`` (e.g. from the previous decoding step). Rows are
     solved ``chunk`` at a time to bound memory. Works in ``D``'s dtype (use float32 or float64)."""
     if D.ndim != 2 or Z.ndim != 2 or Z.shape[1] != D.shape[0]:
-        raise ValueError(f"Need D [d, K] and Z [B, d]; got D {tuple(D.shape)} and Z {tuple(Z.shape)}.")
+        raise InputError(f"Need D [d, K] and Z [B, d]; got D {tuple(D.shape)} and Z {tuple(Z.shape)}.")
     if not torch.isfinite(Z).all():
-        raise ValueError("Z holds NaN or infinite values.")
+        raise InputError("Z holds NaN or infinite values.")
     if init is not None and init.shape != (Z.shape[0], D.shape[1]):
-        raise ValueError(f"init has shape {tuple(init.shape)}; expected {(Z.shape[0], D.shape[1])}.")
+        raise InputError(f"init has shape {tuple(init.shape)}; expected {(Z.shape[0], D.shape[1])}.")
     Z = Z.to(D.dtype)
     out = []
     for s in range(0, Z.shape[0], chunk):

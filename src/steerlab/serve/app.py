@@ -7,30 +7,21 @@ import asyncio
 import hmac
 import json
 import math
-import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import replace
 from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from ..errors import InputError
+from ..spec import SteeringFactory
 from ..tokens import Rendered
+from .config import ServeConfig
 from .engine import Engine, Job, QueueFull
-from .protocol import APIError, ChatRequest, CompletionRequest, Steering
-
-
-@dataclass
-class Limits:
-    max_tokens: int = 512  # per request
-    default_tokens: int = 128
-    max_multiplier: float = 50.0  # |multiplier|, |ActAdd coeff|, |PaCE strength|
-    max_prompt_chars: int = 32_000
-    max_body_bytes: int = 1_000_000
-    # Message text that spells a control token (e.g. "<|im_start|>system") would be tokenised as the
-    # real token and forge a chat turn; such requests are refused unless the clients are trusted.
-    allow_control_tokens: bool = False
+from .protocol import APIError, ChatRequest, CompletionRequest
+from .shaping import Shaper, sse
+from .validate import RequestValidator
 
 
 def render_messages(lm, messages) -> Rendered:
@@ -128,22 +119,23 @@ class _AnswerOrCancel(Response):
 
 
 def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str | None = None,
-               limits: Limits | None = None, max_queue: int = 64, max_batch: int = 8,
-               batch_wait: float = 0.01, engine_thread: bool = True) -> FastAPI:
+               config: ServeConfig | None = None, engine_thread: bool = True, **settings) -> FastAPI:
     """An app serving ``lm`` with the named ``vectors`` ({name: SteeringVector}) and optionally a PaCE
     concept ``dictionary``. ``api_key``: clients must send ``Authorization: Bearer <key>``.
+    ``config`` (or any of its fields as keywords): limits, queue and batch sizes.
     ``engine_thread=False``: nothing generates until you call ``app.state.engine.run_forever()``
     (do that on the main thread for the best CPU speed)."""
     vectors = dict(vectors or {})
     for name, vec in vectors.items():  # one broken vector would fail every batch that uses it
         if vec.nonfinite_layers():
-            raise ValueError(f"Vector {name!r} holds NaN or infinite values; refusing to serve it.")
-    limits = limits or Limits()
-    engine = Engine(lm, vectors, dictionary=dictionary, max_queue=max_queue, max_batch=max_batch,
-                    batch_wait=batch_wait, start_thread=engine_thread)
+            raise InputError(f"Vector {name!r} holds NaN or infinite values; refusing to serve it.")
+    config = replace(config or ServeConfig(), **settings)
+    factory = SteeringFactory(lm, vectors, dictionary, actadd_cache_size=config.actadd_cache)
+    validator = RequestValidator(lm, factory, config)
+    engine = Engine(lm, factory, config, start_thread=engine_thread)
     app = FastAPI(title="steerlab", version="1")
     app.state.engine = engine
-    app.add_middleware(_BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
@@ -183,104 +175,16 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
                                     status_code=401)
         return await call_next(request)
 
-    def check_steering(steering: Steering | None) -> None:
-        if steering is None:
-            return
-        total: dict[str, float] = {}
-        for v in steering.vectors:
-            if v.name not in vectors:
-                raise APIError(404, f"Unknown vector {v.name!r}; GET /v1/vectors lists them: {sorted(vectors)}.",
-                               param="steering.vectors", code="vector_not_found")
-            # The limit holds for each vector's combined strength: listing one vector many times adds up.
-            total[v.name] = total.get(v.name, 0.0) + abs(v.multiplier)
-            if total[v.name] > limits.max_multiplier:
-                raise APIError(400, f"multiplier {v.multiplier} of {v.name!r} brings its total |multiplier| in this "
-                               f"request to {total[v.name]:g}, outside +-{limits.max_multiplier}.",
-                               param="steering.vectors.multiplier")
-        if steering.actadd is not None:
-            a = steering.actadd
-            if not 0 <= a.layer < lm.num_layers:
-                raise APIError(400, f"actadd.layer {a.layer} is outside 0..{lm.num_layers - 1}.",
-                               param="steering.actadd.layer")
-            if abs(a.coeff) > limits.max_multiplier:
-                raise APIError(400, f"actadd.coeff {a.coeff} is outside +-{limits.max_multiplier}.",
-                               param="steering.actadd.coeff")
-        if steering.pace is not None:
-            p = steering.pace
-            if dictionary is None:
-                raise APIError(400, "This server has no concept dictionary; start it with --dictionary for PaCE.",
-                               param="steering.pace")
-            from ..pace.partition import TASKS
-
-            if p.task not in TASKS:
-                raise APIError(400, f"Unknown PaCE task {p.task!r}; tasks: {sorted(TASKS)}.",
-                               param="steering.pace.task")
-            bad = [x for x in (p.layers or []) if x not in dictionary.layers]
-            if bad:
-                raise APIError(400, f"The dictionary has layers {dictionary.layers}, not {bad}.",
-                               param="steering.pace.layers")
-            if abs(p.strength) > limits.max_multiplier:
-                raise APIError(400, f"pace.strength {p.strength} is too large.", param="steering.pace.strength")
-
-    context = getattr(lm.model.config, "max_position_embeddings", None)
-    control = sorted({str(t) for t in lm.tokenizer.all_special_tokens}
-                     | {t.content for t in getattr(lm.tokenizer, "added_tokens_decoder", {}).values()
-                        if getattr(t, "special", False)}, key=len, reverse=True)
-
-    def check_control_tokens(texts, param: str) -> None:
-        if limits.allow_control_tokens:
-            return
-        for text in texts:
-            found = next((t for t in control if t and t in text), None)
-            if found is not None:
-                raise APIError(400, f"The text holds {found!r}, which {lm.name}'s tokenizer reads as a control token "
-                                    "(it could forge a chat turn). Remove it, or start the server with "
-                                    "--allow-control-tokens if its clients are trusted.", param=param,
-                               code="control_token_in_text")
-
-    def make_job(req, rendered: Rendered, max_tokens: int | None, emit) -> Job:
-        if req.n != 1:
-            raise APIError(400, "Only n=1 is supported.", param="n")
-        try:  # a lone surrogate ("\ud800") parses as JSON but is no text a tokenizer can take
-            json.dumps(req.model_dump(), ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise APIError(400, "The request holds a string with an unpaired UTF-16 surrogate; send valid "
-                                "Unicode text.") from None
-        n_tokens = min(limits.default_tokens, limits.max_tokens) if max_tokens is None else max_tokens
-        if not 1 <= n_tokens <= limits.max_tokens:
-            raise APIError(400, f"max_tokens must be between 1 and {limits.max_tokens}.", param="max_tokens")
-        if not 0 <= req.temperature <= 2 or not 0 < req.top_p <= 1 or abs(req.frequency_penalty) > 2:
-            raise APIError(400, "temperature must be in [0, 2], top_p in (0, 1], frequency_penalty in [-2, 2].")
-        if req.seed is not None and not 0 <= req.seed < 2**63:
-            raise APIError(400, "seed must be between 0 and 2**63 - 1.", param="seed")
-        if len(rendered.text) > limits.max_prompt_chars:
-            raise APIError(400, f"The prompt is over {limits.max_prompt_chars} characters.", param="messages")
-        if context is not None:
-            n_prompt = len(lm.tokenizer(rendered.text, add_special_tokens=False)["input_ids"])
-            if n_prompt + n_tokens > context:
-                raise APIError(400, f"The prompt is {n_prompt} tokens and max_tokens {n_tokens}: together over "
-                                    f"{lm.name}'s context of {context} tokens.", param="messages",
-                               code="context_length_exceeded")
-        check_steering(req.steering)
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stop) > 4:
-            raise APIError(400, "At most 4 stop sequences.", param="stop")
-        # Temperatures this small divide logits into infinities; they mean greedy decoding.
-        sample = req.temperature >= 1e-4
-        return Job(rendered, req.steering, n_tokens, sample, req.temperature if sample else 1.0, req.top_p,
-                   req.frequency_penalty, req.seed, stop, emit, req.stream)
-
     async def run(req, rendered: Rendered, max_tokens: int | None, chat: bool):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        job = make_job(req, rendered, max_tokens, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        job = Job.of(validator.job(req, rendered, max_tokens),
+                     lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
         try:
             engine.submit(job)
         except QueueFull as err:
             raise APIError(429, f"{err}; retry shortly.", type="rate_limit_error", code="queue_full") from None
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
-        model = lm.name
+        shape = Shaper(chat, lm.name)
         if not req.stream:
             async def answer() -> JSONResponse:
                 while True:
@@ -288,45 +192,27 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
                     if "error" in ev:
                         return JSONResponse(APIError(500, ev["error"], type="server_error").body(), status_code=500)
                     if ev.get("done"):
-                        break
-                if chat:
-                    choice = {"index": 0, "message": {"role": "assistant", "content": ev["text"]},
-                              "finish_reason": ev["finish_reason"]}
-                    obj = "chat.completion"
-                else:
-                    choice = {"index": 0, "text": ev["text"], "logprobs": None, "finish_reason": ev["finish_reason"]}
-                    obj = "text_completion"
-                return JSONResponse({"id": rid, "object": obj, "created": created, "model": model,
-                                     "choices": [choice], "usage": ev["usage"]})
+                        return JSONResponse(shape.answer(ev["text"], ev["finish_reason"], ev["usage"]))
 
             return _AnswerOrCancel(answer, job)
-
-        def chunk(delta: dict | None = None, text: str | None = None, reason=None) -> str:
-            if chat:
-                body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": reason}]}
-            else:
-                body = {"id": rid, "object": "text_completion", "created": created, "model": model,
-                        "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}]}
-            return f"data: {json.dumps(body)}\n\n"
 
         async def stream():
             finished = False
             try:
                 if chat:
-                    yield chunk({"role": "assistant", "content": ""})
+                    yield shape.chunk(role=True)
                 while True:
                     ev = await events.get()
                     if "error" in ev:
-                        yield f"data: {json.dumps(APIError(500, ev['error'], type='server_error').body())}\n\n"
+                        yield sse(APIError(500, ev["error"], type="server_error").body())
                         break
                     if "delta" in ev:
-                        yield chunk({"content": ev["delta"]}, ev["delta"])
+                        yield shape.chunk(ev["delta"])
                     if ev.get("done"):
-                        yield chunk({}, "", ev["finish_reason"])
+                        yield shape.chunk(None, ev["finish_reason"])
                         break
                 finished = True
-                yield "data: [DONE]\n\n"
+                yield sse("[DONE]")
             finally:
                 if not finished:  # the client went away mid-stream: stop generating for it
                     job.cancelled.set()
@@ -335,7 +221,7 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
-        check_control_tokens([m.content for m in req.messages], "messages")
+        validator.control_tokens([m.content for m in req.messages], "messages")
         rendered = render_messages(lm, req.messages)
         tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         return await run(req, rendered, tokens, chat=True)

@@ -1,10 +1,11 @@
 """The serving engine: one worker thread owns the model and runs queued requests in batches.
 
-Requests whose steering is only named vectors (any mix of vectors and multipliers) share a batch:
-each vector becomes one ``add`` intervention per layer whose per-row strength is that row's
-multiplier (0 for rows that did not ask for it), so every row gets exactly its own steering in one
-forward pass. Requests with an ActAdd pair, PaCE removal or a seed are batched only with requests that
-carry the identical setting. The queue is bounded; :meth:`Engine.submit` raises :class:`QueueFull`.
+Requests whose steering is only vector entries (any mix of vectors, multipliers, operations and
+windows) share a batch: :meth:`steerlab.spec.SteeringFactory.build_rows` turns each distinct entry
+into interventions whose per-row strength is that row's multiplier (0 for rows that did not ask for
+it), so every row gets exactly its own steering in one forward pass. Requests with an ActAdd pair,
+PaCE removal or a seed are batched only with requests that carry the identical setting.
+The queue is bounded; :meth:`Engine.submit` raises :class:`QueueFull`.
 By default a daemon thread runs the engine; pass ``start_thread=False`` and call
 :meth:`Engine.run_forever` on the main thread instead (faster on CPU, see there).
 """
@@ -15,51 +16,46 @@ import json
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from transformers import StoppingCriteria
 
-from ..generation import generate_ids, resolve_steering, transform_batch
-from ..tokens import Rendered
-from .protocol import Steering
-
-ACTADD_CACHE = 32  # distinct ActAdd pairs kept (each costs one extraction to rebuild)
+from ..generation import generate_ids
+from ..spec import SteeringFactory
+from .config import ServeConfig
+from .validate import JobSettings
 
 
 class QueueFull(Exception):
     pass
 
 
+def _discard(event: dict) -> None:
+    pass
+
+
 @dataclass
-class Job:
-    rendered: Rendered
-    steering: Steering | None
-    max_tokens: int
-    do_sample: bool
-    temperature: float
-    top_p: float
-    frequency_penalty: float
-    seed: int | None
-    stop: list[str]
-    emit: Callable[[dict], None]  # called from the worker thread with events (thread-safe sink)
-    stream: bool = False
+class Job(JobSettings):
+    """A request in the engine: its settings, where its events go, and its state."""
+
+    emit: Callable[[dict], None] = _discard  # called from the worker thread with events (thread-safe sink)
     submitted: float = field(default_factory=time.perf_counter)
     # Set by the HTTP side when the client goes away; the engine then stops generating for it.
     cancelled: threading.Event = field(default_factory=threading.Event)
     streamed: bool = False  # some text was already sent: a failure can no longer be retried silently
 
+    @classmethod
+    def of(cls, settings: JobSettings, emit: Callable[[dict], None]) -> Job:
+        return cls(emit=emit, **{f.name: getattr(settings, f.name) for f in fields(settings)})
+
     def group_key(self) -> str:
-        special = None
-        if self.steering is not None and (self.steering.actadd or self.steering.pace):
-            special = [self.steering.actadd.model_dump() if self.steering.actadd else None,
-                       self.steering.pace.model_dump() if self.steering.pace else None]
         # A seeded request runs alone: its random draws must not depend on what else is in the batch.
         alone = id(self) if self.seed is not None else None
-        return json.dumps([self.do_sample, self.temperature, self.top_p, self.frequency_penalty, self.seed, special,
-                           alone])
+        return json.dumps([self.do_sample, self.temperature, self.top_p, self.frequency_penalty, self.seed,
+                           self.steering.batch_key(), alone])
 
 
 class _RowStreamer:
@@ -131,10 +127,11 @@ def _safe_prefix(text: str, stops: list[str]) -> int:
 
 
 class Engine:
-    def __init__(self, lm, vectors: dict, *, dictionary=None, max_queue: int = 64, max_batch: int = 8,
-                 batch_wait: float = 0.01, start_thread: bool = True) -> None:
-        self.lm, self.vectors, self.dictionary = lm, vectors, dictionary
-        self.max_batch, self.batch_wait, self.max_queue = max_batch, batch_wait, max_queue
+    def __init__(self, lm, factory: SteeringFactory, config: ServeConfig | None = None, *,
+                 start_thread: bool = True) -> None:
+        config = config or ServeConfig()
+        self.lm, self.factory = lm, factory
+        self.max_batch, self.batch_wait, self.max_queue = config.max_batch, config.batch_wait, config.max_queue
         self.queue: queue.Queue[Job] = queue.Queue()
         self._waiting = 0  # submitted, not yet generating: in the queue, held back, or being grouped
         self._lock = threading.Lock()
@@ -142,8 +139,6 @@ class Engine:
         eos = lm.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.eos_ids = set(eos) | ({lm.tokenizer.eos_token_id} if lm.tokenizer.eos_token_id is not None else set())
-        self._partitions: dict = {}
-        self._actadd: OrderedDict = OrderedDict()  # ActAdd vectors by pair, most recent last
         self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0, "generated_tokens": 0, "cancelled": 0}
         self._stop = threading.Event()
         if start_thread:
@@ -228,47 +223,15 @@ class Engine:
             except Exception as err:  # noqa: BLE001
                 job.emit({"error": f"{type(err).__name__}: {err}"})
 
-    def _steering_items(self, jobs: list[Job]) -> list:
-        from ..methods.actadd import ActAddSteering, extract
-
-        items: list = []
-        names = sorted({v.name for j in jobs if j.steering for v in j.steering.vectors})
-        for name in names:
-            mults = [sum(v.multiplier for v in j.steering.vectors if v.name == name) if j.steering else 0.0
-                     for j in jobs]
-            items.extend(self.vectors[name].interventions(multiplier=mults))
-        first = jobs[0].steering
-        if first is not None and first.actadd is not None:
-            a = first.actadd
-            key = (a.positive, a.negative, a.layer, a.coeff)
-            if key not in self._actadd:
-                self._actadd[key] = extract(self.lm, a.positive, a.negative, a.layer, coeff=a.coeff, chat=True)
-                while len(self._actadd) > ACTADD_CACHE:  # bounded: the least recently used pair goes
-                    self._actadd.popitem(last=False)
-            self._actadd.move_to_end(key)
-            items.append(ActAddSteering(self._actadd[key], mode="pad"))
-        if first is not None and first.pace is not None:
-            from ..pace import PaCE
-
-            p = first.pace
-            if p.task not in self._partitions:
-                from ..pace import EmbeddingPartitioner
-
-                self._partitions[p.task] = EmbeddingPartitioner().partition(self.dictionary, p.task)
-            items.append(PaCE(self.dictionary, self._partitions[p.task], p.layers, strength=p.strength,
-                               sign=p.sign))
-        return items
-
     @torch.no_grad()
     def _generate(self, jobs: list[Job]) -> None:
         lm = self.lm
         self.stats["batches"] += 1
         self.stats["requests"] += len(jobs)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs))
-        items = self._steering_items(jobs)
-        batch = lm.prepare([j.rendered for j in jobs], padding_side="left")
-        batch = transform_batch(lm, batch, items)
-        ivs = resolve_steering(items, batch)
+        steering = self.factory.build_rows([j.steering for j in jobs])
+        batch = steering.transform_batch(lm, lm.prepare([j.rendered for j in jobs], padding_side="left"))
+        ivs = steering.for_batch(batch)
         first = jobs[0]
         if first.seed is not None:
             torch.manual_seed(first.seed)

@@ -1,42 +1,15 @@
-"""Request bodies of the OpenAI-compatible API, plus steerlab's ``steering`` extra field, and
-OpenAI-style error bodies."""
+"""Request bodies of the OpenAI-compatible API (steerlab's ``steering`` extra field follows the
+schema of :mod:`steerlab.spec`), and OpenAI-style error bodies."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
-
-
-class VectorSpec(_Strict):
-    name: str
-    multiplier: float = 1.0
-
-
-class ActAddSpec(_Strict):
-    positive: str = Field(max_length=500)
-    negative: str = Field(max_length=500)
-    layer: int
-    coeff: float = 5.0
-
-
-class PaceSpec(_Strict):
-    task: str
-    layers: list[int] | None = None
-    strength: float = 1.0
-    sign: Literal["both", "positive"] = "both"  # "positive": remove only components leaning towards a concept
-
-
-class Steering(_Strict):
-    """``{"vectors": [{"name": ..., "multiplier": ...}], "actadd": {...}, "pace": {...}}``."""
-
-    vectors: list[VectorSpec] = Field(default_factory=list, max_length=16)
-    actadd: ActAddSpec | None = None
-    pace: PaceSpec | None = None
 
 
 class _Sampling(_Strict):
@@ -49,7 +22,7 @@ class _Sampling(_Strict):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = 1
-    steering: Steering | None = None
+    steering: Any = None  # checked by steerlab.spec.SteeringSpec.from_dict (unknown fields are errors)
 
 
 class ChatMessage(_Strict):

@@ -1,12 +1,14 @@
-"""``steerlab pace build | label | eval``."""
+"""``steerlab pace build | label | eval``: concept dictionaries, partitions and PaCE evaluations."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .args import add_model_args, load_model, model_spec, parse_layers, ray_args
+
 
 def _partition(args, dictionary):
-    from .partition import EmbeddingPartitioner, Partition, SeedPartitioner
+    from ..pace.partition import EmbeddingPartitioner, Partition, SeedPartitioner
 
     if getattr(args, "labels", None):
         return Partition.load(args.labels, dictionary, args.task)
@@ -16,24 +18,24 @@ def _partition(args, dictionary):
 
 
 def cmd_build(args) -> int:
-    from ..cli import _load
-    from .concepts import concept_words
-    from .dictionary import build_dictionary
+    from ..pace.concepts import concept_words
+    from ..pace.dictionary import build_dictionary
 
-    lm = _load(args)
+    lm = load_model(args)
     if args.concept_file:
         concepts = [x.strip() for x in Path(args.concept_file).read_text(encoding="utf-8").splitlines() if x.strip()]
     else:
         concepts = concept_words(args.concepts)
     layers = args.layers or [lm.num_layers // 2]
-    spec = None
-    if args.ray:
-        from ..cli import _model_spec
+    if args.ray is None and not args.resume:
+        d = build_dictionary(lm, concepts, layers, batch_size=args.batch_size, progress=True)
+    else:
+        from ..distributed import build_dictionary_tasks
 
-        spec = _model_spec(args)
-    d = build_dictionary(lm, concepts, layers, batch_size=args.batch_size, progress=True, ray=args.ray,
-                         workers=args.ray_workers, model_spec=spec,
-                         resume_dir=Path(str(args.out) + ".tasks") if args.resume else None)
+        d = build_dictionary_tasks(lm, concepts, layers, ray=args.ray, workers=args.ray_workers,
+                                   model_spec=model_spec(args) if args.ray else None,
+                                   resume_dir=Path(str(args.out) + ".tasks") if args.resume else None,
+                                   batch_size=args.batch_size, progress=True)
     path = d.save(args.out)
     if args.resume:
         import shutil
@@ -47,7 +49,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_label(args) -> int:
-    from .dictionary import ConceptDictionary
+    from ..pace.dictionary import ConceptDictionary
 
     d = ConceptDictionary.load(args.dictionary)
     part = _partition(args, d)
@@ -59,18 +61,17 @@ def cmd_label(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..cli import _load
-    from .dictionary import ConceptDictionary
-    from .evaluation import evaluate_removal
+    from ..pace.dictionary import ConceptDictionary
+    from ..pace.evaluation import evaluate_removal
 
-    lm = _load(args)
+    lm = load_model(args)
     d = ConceptDictionary.load(args.dictionary, lm)
     part = _partition(args, d)
     prompts = None
     if args.prompts:
         prompts = [x.strip() for x in Path(args.prompts).read_text(encoding="utf-8").splitlines() if x.strip()]
     elif args.limit:
-        from .evaluation import PROMPTS
+        from ..pace.evaluation import PROMPTS
 
         prompts = PROMPTS[args.task][: args.limit]
     result = evaluate_removal(lm, d, part, args.layers or d.layers, task=args.task, prompts=prompts,
@@ -80,8 +81,8 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def add_parser(sub, add_model_args, parse_layers, ray_args) -> None:
-    from .removal import METHODS
+def add_parsers(sub) -> None:
+    from ..pace.removal import METHODS
 
     pace = sub.add_parser("pace", help="PaCE: concept dictionary, partition, removal and its evaluation")
     psub = pace.add_subparsers(dest="pace_command", required=True)
