@@ -125,6 +125,7 @@ def test_rows_with_different_specs_in_one_batch_each_get_their_own():
     ({"vectors": [{"name": "v", "layers": [7]}]}, "steering.vectors[0].layers"),
     ({"vectors": [{"name": "v", "op": "multiply"}]}, "steering.vectors[0].op"),
     ({"vectors": [{"name": "v", "multiplier": "4"}]}, "steering.vectors[0].multiplier"),
+    ({"vectors": [{"name": "v", "multiplier": 10**400}]}, "steering.vectors[0].multiplier"),
     ({"vectors": [{"name": "v", "window": {"start": 3, "end": 1}}]}, "steering.vectors[0].window"),
     ({"vectors": {"name": "v"}}, "steering.vectors"),
     ({"actadd": {"positive": "a", "negative": "b", "layer": 99}}, "steering.actadd.layer"),

@@ -112,6 +112,9 @@ def test_concurrent_requests_do_not_leak(server, client):
     ('{"messages": []}', 400, "messages"),
     ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, "max_tokens"),
     ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": [{"name": "nope"}]}}', 404, "nope"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": [{"name": 5}]}}', 400, "name"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": [{"name": "sentiment", '
+     '"multiplier": 1' + "0" * 400 + '}]}}', 400, "finite"),
     ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": [{"name": "sentiment", '
      '"multiplier": NaN}]}}', 400, "finite"),
     ('{"messages": [{"role": "user", "content": "hi"}], "steering": {"vectors": [{"name": "sentiment", '

@@ -39,11 +39,12 @@ MAX_VECTOR_ENTRIES = 16
 
 
 class SpecError(InputError):
-    """A steering spec that cannot be used; ``param`` is the dotted path of the offending field."""
+    """A steering spec that cannot be used; ``param`` is the dotted path of the offending field and
+    ``code`` says what kind of failure it is where that matters to a client (``"vector_not_found"``)."""
 
-    def __init__(self, message: str, param: str) -> None:
+    def __init__(self, message: str, param: str, code: str | None = None) -> None:
         super().__init__(message)
-        self.param = param
+        self.param, self.code = param, code
 
 
 @dataclass(frozen=True)
@@ -112,15 +113,11 @@ class SteeringSpec:
         """The JSON form (``from_dict(to_dict())`` gives the same spec)."""
         out: dict[str, Any] = {}
         if self.vectors:
-            out["vectors"] = [{k: (list(v) if isinstance(v, tuple) and k == "layers" else v)
-                               for k, v in asdict(e).items()} for e in self.vectors]
-            for e in out["vectors"]:
-                if isinstance(e["window"], (tuple, list)):
-                    e["window"] = {"start": e["window"][0], "end": e["window"][1]}
+            out["vectors"] = [_entry_json(e) for e in self.vectors]
         if self.actadd is not None:
-            out["actadd"] = asdict(self.actadd)
+            out["actadd"] = _entry_json(self.actadd)
         if self.pace is not None:
-            out["pace"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.pace).items()}
+            out["pace"] = _entry_json(self.pace)
         return out
 
     def fingerprint(self) -> str:
@@ -132,8 +129,17 @@ class SteeringSpec:
         settings cannot); None when there is nothing but vector entries."""
         if self.actadd is None and self.pace is None:
             return None
-        return json.dumps([asdict(self.actadd) if self.actadd else None,
-                           asdict(self.pace) if self.pace else None], sort_keys=True)
+        return json.dumps([_entry_json(self.actadd) if self.actadd else None,
+                           _entry_json(self.pace) if self.pace else None], sort_keys=True)
+
+
+def _entry_json(entry: VectorEntry | ActAddEntry | PaceEntry) -> dict:
+    """An entry as JSON: layer tuples as lists, a ``(start, end)`` window as ``{"start", "end"}``."""
+    out = asdict(entry)
+    for key, value in out.items():
+        if isinstance(value, tuple):
+            out[key] = {"start": value[0], "end": value[1]} if key == "window" else list(value)
+    return out
 
 
 def _file_multiplier(text: str) -> tuple[str, float]:
@@ -165,9 +171,14 @@ def _object(data: Any, param: str, keys: set[str], required: Sequence[str] = ())
 
 def _number(data: dict, key: str, param: str, default: float) -> float:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SpecError(f"{param}.{key} must be a finite number, not {value!r}.", f"{param}.{key}")
-    return float(value)
+    try:  # JSON integers are unbounded: one too large for a float is as unusable as inf
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:20]}..."
+        raise SpecError(f"{param}.{key} must be a finite number, not {shown}.", f"{param}.{key}")
+    return number
 
 
 def _integer(value: Any, param: str) -> int:
@@ -287,7 +298,7 @@ class SteeringFactory:
             try:
                 vec = self.vector(e.name)
             except UnknownNameError as err:
-                raise SpecError(str(err), f"{param}.name") from None
+                raise SpecError(str(err), f"{param}.name", "vector_not_found") from None
             missing = [k for k in e.layers or () if k not in vec.layers]
             if missing:
                 raise SpecError(f"Vector {e.name!r} has layers {sorted(vec.layers)}, not {missing}.", f"{param}.layers")

@@ -65,11 +65,13 @@ def token_nll(lm, texts: Sequence[str], steering=None, *, skip_first: int = 0, u
     """Mean negative log-likelihood per text of its tokens, leaving out the first ``skip_first``
     positions of the sequence (and, with ``user_prompt``, the chat frame before the text)."""
     out = []
+    steering = as_steering(steering)
+    pads = any(getattr(s, "mode", None) == "pad" for s in steering.parts)
     for i in range(0, len(texts), batch_size):
         batch, starts = _batch(lm, texts[i: i + batch_size], user_prompt)
-        if any(getattr(s, "mode", None) == "pad" for s in as_steering(steering).parts):
+        if pads:
             raise InputError("token_nll compares steered and unsteered scores of the same tokens; use overlay mode.")
-        batch = as_steering(steering).transform_batch(lm, batch)
+        batch = steering.transform_batch(lm, batch)
         with steer(lm, steering, batch=batch):
             logits = lm.model(**lm.forward_inputs(batch.input_ids, batch.attention_mask)).logits.float()
         logp = logits[:, :-1].log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
@@ -115,10 +117,11 @@ def next_token_accuracy(lm, facts: Sequence[tuple[str, str]] | None = None, stee
     (with ``user_prompt``, each fact prompt opens the assistant's reply to it)."""
     facts = list(facts or load_facts())
     hits = {k: 0 for k in ks}
+    steering = as_steering(steering)
     for i in range(0, len(facts), batch_size):
         chunk = facts[i: i + batch_size]
         batch, _ = _batch(lm, [p for p, _ in chunk], user_prompt)
-        batch = as_steering(steering).transform_batch(lm, batch)
+        batch = steering.transform_batch(lm, batch)
         with steer(lm, steering, batch=batch):
             logits = lm.model(**lm.forward_inputs(batch.input_ids, batch.attention_mask)).logits
         last = logits[torch.arange(len(chunk)), batch.lengths.to(logits.device) - 1]

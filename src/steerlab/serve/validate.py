@@ -61,8 +61,8 @@ class RequestValidator:
             spec = SteeringSpec.from_dict(raw)
             self.factory.check(spec)
         except SpecError as err:
-            code = "vector_not_found" if err.param.endswith(".name") else None
-            raise APIError(404 if code else 400, str(err), param=err.param, code=code) from None
+            status = 404 if err.code == "vector_not_found" else 400
+            raise APIError(status, str(err), param=err.param, code=err.code) from None
         except SteerlabError as err:  # e.g. a vector file that could not be read
             raise APIError(400, str(err), param="steering") from None
         limit = self.config.max_multiplier
