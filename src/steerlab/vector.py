@@ -217,3 +217,13 @@ def _read_safetensors(path: Path) -> SteeringVector:
         )
     except (ValueError, KeyError, TypeError, OverflowError) as err:
         raise VectorFileError(f"{path} has a damaged steerlab header: {err}.") from err
+
+
+def load_vector_folder(folder: str | os.PathLike, lm, *, allow_other_model: bool = False) -> dict[str, SteeringVector]:
+    """Every ``.safetensors`` / ``.gguf`` vector in ``folder``, by file stem, checked against ``lm``
+    (anything with ``name``, ``hidden_size`` and ``num_layers``)."""
+    out = {}
+    for path in sorted(Path(folder).glob("*")):
+        if path.suffix in (".safetensors", ".gguf"):
+            out[path.stem] = SteeringVector.load(path, lm, allow_other_model=allow_other_model)
+    return out

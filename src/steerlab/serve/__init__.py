@@ -14,7 +14,11 @@ __all__ = ["ServeConfig", "create_app", "load_vectors", "render_messages"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("create_app", "load_vectors", "render_messages"):
+    if name == "load_vectors":
+        from ..vector import load_vector_folder
+
+        return load_vector_folder
+    if name in ("create_app", "render_messages"):
         from . import app
 
         return getattr(app, name)

@@ -260,16 +260,3 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
         return resources.files("steerlab.serve").joinpath("playground.html").read_text(encoding="utf-8")
 
     return app
-
-
-def load_vectors(folder, lm) -> dict:
-    """Every ``.safetensors`` / ``.gguf`` vector in ``folder``, by file stem, checked against ``lm``."""
-    from pathlib import Path
-
-    from ..vector import SteeringVector
-
-    out = {}
-    for path in sorted(Path(folder).glob("*")):
-        if path.suffix in (".safetensors", ".gguf"):
-            out[path.stem] = SteeringVector.load(path, lm)
-    return out

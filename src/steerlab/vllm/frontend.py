@@ -1,0 +1,69 @@
+"""The front-end side of the vLLM plugin: every request is checked where it enters the engine.
+
+For a request that carries ``steering`` the front end parses and compiles its spec (an unusable
+spec is a ``ValueError``, which vLLM answers with HTTP 400 before anything is scheduled), finds the
+start of the assistant turn in its prompt tokens (for "assistant" windows), and adds the spec's
+fingerprint to the request's ``cache_salt``: vLLM keys prefix-cache blocks by that salt, so KV
+computed under one steering is never reused by a request with other steering, or with none.
+A request without steering is passed on untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import SpecError
+from ..tokens import render_prompt
+from .program import EXTRA_KEY, LANDMARK_KEY, Compiler, ModelFacts, PluginConfig
+
+
+class FrontEnd:
+    def __init__(self, vllm_config: Any, tokenizer: Any) -> None:
+        model_config = vllm_config.model_config
+        self.config = PluginConfig.from_additional(vllm_config.additional_config)
+        facts = ModelFacts(str(model_config.model), model_config.get_hidden_size(),
+                           model_config.hf_text_config.num_hidden_layers)
+        self.compiler = Compiler.from_config(self.config, facts) if self.config else None
+        self.header = _assistant_header(tokenizer)
+
+    def assistant_start(self, ids: list[int]) -> int | None:
+        """Index of the last assistant-turn header in ``ids`` (None: not found, the raw-text rule)."""
+        h = self.header
+        if not h:
+            return None
+        for i in range(len(ids) - len(h), -1, -1):
+            if ids[i:i + len(h)] == h:
+                return i
+        return None
+
+    def admit(self, request: Any) -> Any:
+        params = request.sampling_params
+        extra = getattr(params, "extra_args", None)
+        if not extra or (EXTRA_KEY not in extra and LANDMARK_KEY not in extra):
+            return request
+        extra = {k: v for k, v in extra.items() if k != LANDMARK_KEY}  # only the front end writes landmarks
+        if self.compiler is None:
+            raise SpecError('This vLLM engine was started without steerlab vectors (additional_config='
+                            '{"steerlab": {"vectors": FOLDER}}), so it cannot steer.', "steering")
+        spec = self.compiler.spec_of(extra)
+        ids = list(request.prompt_token_ids or ())
+        start = self.assistant_start(ids)
+        self.compiler.compile(spec, len(ids), start)
+        if spec:
+            extra[EXTRA_KEY] = spec.to_dict()
+            extra[LANDMARK_KEY] = {"assistant": start}
+            request.cache_salt = f"{request.cache_salt or ''}|steerlab:{spec.fingerprint()}"
+        else:
+            extra.pop(EXTRA_KEY, None)
+        params.extra_args = extra
+        return request
+
+
+def _assistant_header(tokenizer: Any) -> list[int]:
+    """The tokens a chat template puts at the start of the assistant turn (empty without a template)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return []
+    rendered = render_prompt(tokenizer, "x")
+    if rendered.assistant_start is None:
+        return []
+    return list(tokenizer.encode(rendered.text[rendered.assistant_start:], add_special_tokens=False))

@@ -1,0 +1,166 @@
+"""The worker side of the vLLM plugin: hooks on the model's blocks that read persistent tables.
+
+Built once when the model is loaded (before vLLM compiles it or captures CUDA graphs):
+
+* ``table`` ``[rows, hidden]``: every served direction (:class:`~steerlab.vllm.program.VectorTable`);
+* per hooked site, per persistent-batch slot (vLLM's ``input_batch`` row), ``max_ops`` operation
+  rows: table row, ``(a, b, strength)`` and ``(start, end, per_position)``.
+
+Before every forward pass :meth:`WorkerSteering.prepare` writes the programs of the requests that
+entered a slot since the last step (the host side; a few small copies). The hooks themselves only
+index those tables with the runner's own per-token buffers, ``req_indices`` (token -> slot) and
+``positions`` (token -> absolute position in its own sequence), so chunked prefill, decode steps
+and recomputation after preemption all see the same positions, and the hook code has no
+data-dependent Python: the same tensors and shapes every step. In eager mode (``enforce_eager``)
+sites that no scheduled request uses are skipped on the host side.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from .program import LANDMARK_KEY, NO_END, Compiler, ModelFacts, PluginConfig, Program
+
+log = logging.getLogger("steerlab.vllm")
+
+
+def find_blocks(model: nn.Module, num_layers: int) -> nn.ModuleList:
+    """The model's list of decoder blocks (the first ModuleList with one entry per layer)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers and name.endswith("layers"):
+            return module
+    raise RuntimeError(f"steerlab: found no list of {num_layers} decoder blocks in {type(model).__name__}.")
+
+
+class WorkerSteering:
+    def __init__(self, runner: Any, config: PluginConfig) -> None:
+        model_config = runner.model_config
+        if getattr(runner, "uses_mrope", False):
+            raise RuntimeError("steerlab: models with M-RoPE positions are not supported by the vLLM plugin.")
+        num_layers = model_config.hf_text_config.num_hidden_layers
+        facts = ModelFacts(str(model_config.model), model_config.get_hidden_size(), num_layers)
+        self.compiler = Compiler.from_config(config, facts)
+        self.device, dtype = runner.device, model_config.dtype
+        self.table = self.compiler.table.weights.to(self.device, dtype)
+        self.sites = sorted(self.compiler.table.sites)
+        self.site_index = {s: i for i, s in enumerate(self.sites)}
+        slots, k = runner.input_batch.max_num_reqs, config.max_ops
+        shape = (len(self.sites), slots, k)
+        self.cpu_rows = torch.zeros(shape, dtype=torch.long)
+        self.cpu_coef = torch.zeros(*shape, 3)  # a, b, strength
+        self.cpu_bounds = torch.zeros(*shape, 3, dtype=torch.long)  # start, end, per_position
+        self.counts = torch.zeros(len(self.sites), slots, dtype=torch.long)
+        on_cpu = self.device.type == "cpu"
+        self.rows = self.cpu_rows if on_cpu else self.cpu_rows.to(self.device)
+        self.coef = self.cpu_coef if on_cpu else self.cpu_coef.to(self.device)
+        self.bounds = self.cpu_bounds if on_cpu else self.cpu_bounds.to(self.device)
+        self.max_ops = k
+        self.eager = bool(model_config.enforce_eager)
+        self.active = [0] * len(self.sites)  # eager mode: ops to run per site this step
+        self.owner: list[str | None] = [None] * slots
+        self.programs: dict[str, Program] = {}
+        # The runner's persistent per-token buffers (filled by vLLM before each forward pass).
+        self.req_indices = runner.req_indices.gpu
+        self.positions = runner.positions
+        blocks = find_blocks(runner.get_model(), num_layers)
+        self.handles = [self._hook(blocks[layer], i, site) for i, (layer, site) in enumerate(self.sites)]
+        log.info("steerlab: steering %d sites with %d vectors (%d table rows)", len(self.sites),
+                 len(self.compiler.vectors), self.table.shape[0])
+
+    # ------------------------------------------------------------------ host side, every step
+    def prepare(self, runner: Any) -> None:
+        batch = runner.input_batch
+        n = batch.num_reqs
+        changed = False
+        for i, rid in enumerate(batch.req_ids[:n]):
+            if self.owner[i] == rid:
+                continue
+            if rid not in self.programs:
+                self.programs[rid] = self._program(runner.requests[rid])
+            self._write(i, self.programs[rid])
+            self.owner[i] = rid
+            changed = True
+        if len(self.programs) > 4 * len(self.owner):  # forget finished requests
+            self.programs = {r: p for r, p in self.programs.items() if r in runner.requests}
+        if changed and self.device.type != "cpu":
+            self.rows.copy_(self.cpu_rows, non_blocking=True)
+            self.coef.copy_(self.cpu_coef, non_blocking=True)
+            self.bounds.copy_(self.cpu_bounds, non_blocking=True)
+        if self.eager:
+            self.active = self.counts[:, :n].amax(dim=1).tolist() if n else [0] * len(self.sites)
+
+    def _program(self, state: Any) -> Program:
+        params = state.sampling_params
+        extra = getattr(params, "extra_args", None) or {}
+        if "steering" not in extra:
+            return {}
+        try:
+            spec = self.compiler.spec_of(extra)
+            landmarks = extra.get(LANDMARK_KEY) or {}
+            return self.compiler.compile(spec, len(state.prompt_token_ids or ()), landmarks.get("assistant"))
+        except ValueError as err:  # the front end refuses these; never fail the batch for one request
+            log.error("steerlab: request %s reached the worker with unusable steering (%s); running it unsteered",
+                      state.req_id, err)
+            return {}
+
+    def _write(self, slot: int, program: Program) -> None:
+        self.cpu_rows[:, slot] = 0
+        self.cpu_coef[:, slot] = 0
+        self.cpu_bounds[:, slot] = 0
+        self.cpu_bounds[:, slot, :, 1] = NO_END
+        self.counts[:, slot] = 0
+        for site, ops in program.items():
+            s = self.site_index[site]
+            for k, op in enumerate(ops):
+                self.cpu_rows[s, slot, k] = op.row
+                self.cpu_coef[s, slot, k] = torch.tensor([op.a, op.b, op.strength])
+                self.cpu_bounds[s, slot, k] = torch.tensor([op.start, op.end, op.per_position])
+            self.counts[s, slot] = len(ops)
+
+    # ------------------------------------------------------------------ device side, in the hooks
+    def _steer(self, s: int, hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """``hidden`` with this site's operations applied; the residual stream is ``hidden + residual``
+        (vLLM blocks hand the two on separately and add them in the next block's norm)."""
+        ops = self.active[s] if self.eager else self.max_ops
+        if ops == 0:
+            return hidden
+        tokens = hidden.shape[0]
+        slot = self.req_indices[:tokens]
+        pos = self.positions[:tokens]
+        for k in range(ops):
+            row = self.rows[s, slot, k]
+            a, b, strength = self.coef[s, slot, k].unbind(-1)
+            start, end, per_position = self.bounds[s, slot, k].unbind(-1)
+            inside = (pos >= start) & (pos < end)
+            # Per-position vectors read the row for their offset into the window (clamped for tokens outside it,
+            # whose weight is 0 anyway).
+            row = (row + per_position * (pos - start).clamp(min=0)).clamp(max=self.table.shape[0] - 1)
+            u = self.table[row]
+            stream = hidden if residual is None else hidden + residual
+            proj = (stream * u).sum(-1).float()
+            weight = strength * inside * (a + b * proj)
+            hidden = hidden + weight.to(hidden.dtype)[:, None] * u
+        return hidden
+
+    def _hook(self, block: nn.Module, s: int, site: str):
+        if site == "output":
+            def hook(module, args, output):
+                if isinstance(output, tuple):
+                    residual = output[1] if len(output) > 1 and isinstance(output[1], torch.Tensor) else None
+                    return (self._steer(s, output[0], residual), *output[1:])
+                return self._steer(s, output, None)
+
+            return block.register_forward_hook(hook)
+
+        def pre_hook(module, args, kwargs):  # (positions, hidden_states, residual) as vLLM blocks take them
+            names = ("positions", "hidden_states", "residual")
+            bound = dict(zip(names, args)) | kwargs
+            hidden, residual = bound["hidden_states"], bound.get("residual")
+            bound["hidden_states"] = self._steer(s, hidden, residual)
+            return (), bound
+
+        return block.register_forward_pre_hook(pre_hook, with_kwargs=True)
