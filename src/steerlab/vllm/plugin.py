@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ..errors import InputError
 from .program import PluginConfig
 
 _STATE = "_steerlab_steering"
@@ -64,7 +65,12 @@ def _after_process_inputs(processor: Any, request: Any) -> Any:
         from .frontend import FrontEnd
 
         front = processor.__dict__["_steerlab_front"] = FrontEnd(processor.vllm_config, processor.tokenizer)
-    return front.admit(request)
+    try:
+        return front.admit(request)
+    except InputError as err:  # vLLM's own validation error: an HTTP 400 naming the parameter
+        from vllm.exceptions import VLLMValidationError
+
+        raise VLLMValidationError(str(err), parameter=getattr(err, "param", "steering")) from None
 
 
 def _after_load_model(runner: Any, result: Any) -> Any:

@@ -26,6 +26,9 @@ from torch import nn
 from .program import LANDMARK_KEY, NO_END, Compiler, ModelFacts, PluginConfig, Program
 
 log = logging.getLogger("steerlab.vllm")
+# Per process: the most requests, and the most differently steered ones, seen in one forward pass
+# (lets a test prove that requests with different steering really shared a batch).
+STATS = {"max_requests": 0, "max_distinct_steering": 0}
 
 
 def find_blocks(model: nn.Module, num_layers: int) -> nn.ModuleList:
@@ -63,6 +66,7 @@ class WorkerSteering:
         self.active = [0] * len(self.sites)  # eager mode: ops to run per site this step
         self.owner: list[str | None] = [None] * slots
         self.programs: dict[str, Program] = {}
+        self.keys: dict[str, str] = {}
         # The runner's persistent per-token buffers (filled by vLLM before each forward pass).
         self.req_indices = runner.req_indices.gpu
         self.positions = runner.positions
@@ -81,15 +85,20 @@ class WorkerSteering:
                 continue
             if rid not in self.programs:
                 self.programs[rid] = self._program(runner.requests[rid])
+                self.keys[rid] = repr(sorted(self.programs[rid].items()))
             self._write(i, self.programs[rid])
             self.owner[i] = rid
             changed = True
         if len(self.programs) > 4 * len(self.owner):  # forget finished requests
             self.programs = {r: p for r, p in self.programs.items() if r in runner.requests}
+            self.keys = {r: self.keys[r] for r in self.programs}
         if changed and self.device.type != "cpu":
             self.rows.copy_(self.cpu_rows, non_blocking=True)
             self.coef.copy_(self.cpu_coef, non_blocking=True)
             self.bounds.copy_(self.cpu_bounds, non_blocking=True)
+        STATS["max_requests"] = max(STATS["max_requests"], n)
+        distinct = {self.keys[r] for r in batch.req_ids[:n] if self.programs.get(r)}
+        STATS["max_distinct_steering"] = max(STATS["max_distinct_steering"], len(distinct))
         if self.eager:
             self.active = self.counts[:, :n].amax(dim=1).tolist() if n else [0] * len(self.sites)
 

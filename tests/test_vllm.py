@@ -1,0 +1,240 @@
+"""The vLLM plugin on the real embedded model: every kind of steering gives the tokens steerlab's own
+engine gives, requests sharing a batch each get exactly their own steering, chunked prefill and the
+prefix cache change nothing, and bad steering is refused without stopping the engine.
+
+Runs where vLLM is installed (``make test-vllm``, which CI runs); skipped elsewhere."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("vllm")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: its stats are readable
+
+from steerlab.generation import generate_ids  # noqa: E402
+from steerlab.spec import SteeringFactory  # noqa: E402
+from steerlab.vector import load_vector_folder  # noqa: E402
+
+pytestmark = pytest.mark.slow
+NEW = 20
+SPECS = {
+    "none": None,
+    "caa (own window: assistant onward)": {"vectors": [{"name": "sentiment", "multiplier": 6}]},
+    "all positions, one layer": {"vectors": [{"name": "sentiment", "multiplier": 4, "window": "all", "layers": [12]}]},
+    "generated only": {"vectors": [{"name": "sentiment", "multiplier": 8, "window": "generated"}]},
+    "prompt span": {"vectors": [{"name": "sentiment", "multiplier": 8, "window": {"start": 2, "end": 9}}]},
+    "project_out": {"vectors": [{"name": "sentiment", "op": "project_out", "window": "all"}]},
+    "clamp": {"vectors": [{"name": "sentiment", "op": "clamp", "value": 30.0, "window": "all"}]},
+    "actadd per-position": {"vectors": [{"name": "lovehate", "multiplier": 1}]},
+    "two vectors": {"vectors": [{"name": "sentiment", "multiplier": -5}, {"name": "lovehate", "multiplier": 1}]},
+}
+SHORT = "Tell me about your weekend."
+LONG = ("Here is a long story about a village by the sea, where fishermen mend their nets each morning and the "
+        "children run along the harbour wall until the bell of the old church calls them home for supper. "
+        "What happens next?")
+
+
+@pytest.fixture(scope="module")
+def vectors_dir(smol, tmp_path_factory):
+    from steerlab import datasets
+    from steerlab.methods import actadd, caa
+
+    folder = tmp_path_factory.mktemp("vectors")
+    train, _ = datasets.split(datasets.to_open_answers(datasets.builtin("sentiment")))
+    caa.extract(smol, train[:24], [10, 12]).save(folder / "sentiment.safetensors")
+    actadd.extract(smol, "Love", "Hate", 6, coeff=5).save(folder / "lovehate.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def factory(smol, vectors_dir):
+    return SteeringFactory(smol, load_vector_folder(vectors_dir, smol))
+
+
+def model_dir() -> str:
+    from steerlab.sources import dequantised_cache_path, resolve_builtin
+
+    return str(dequantised_cache_path(resolve_builtin("smollm2-135m")))
+
+
+@pytest.fixture(scope="module")
+def llm(smol, vectors_dir):
+    from vllm import LLM
+
+    from steerlab.vllm import engine_config
+
+    # float32 like the reference; 32-token KV blocks and a 64-token step budget, so prompts of more than 64
+    # tokens are prefilled in chunks and share cached blocks.
+    engine = LLM(model=model_dir(), dtype="float32", max_model_len=512, enforce_eager=True, seed=0,
+                 enable_prefix_caching=True, block_size=32, max_num_batched_tokens=64, max_num_seqs=32,
+                 additional_config=engine_config(str(vectors_dir)))
+    yield engine
+    del engine
+
+
+def prompt_ids(smol, prompt: str) -> list[int]:
+    return smol.prepare([prompt]).input_ids[0].tolist()
+
+
+def reference(smol, factory, prompt: str, spec) -> list[int]:
+    """Greedy tokens from steerlab's own engine (Hugging Face generate with the same steering)."""
+    batch = smol.prepare([prompt])
+    steering = factory.build(spec)
+    out = generate_ids(smol, batch, steering.for_batch(batch), max_new_tokens=NEW)[0].tolist()
+    return out[: out.index(smol.tokenizer.eos_token_id) + 1] if smol.tokenizer.eos_token_id in out else out
+
+
+def params(spec):
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=NEW, temperature=0, extra_args=None if spec is None else {"steering": spec})
+
+
+def run(llm, smol, prompts_specs):
+    from vllm.inputs import TokensPrompt
+
+    outs = llm.generate([TokensPrompt(prompt_token_ids=prompt_ids(smol, p)) for p, _ in prompts_specs],
+                        [params(s) for _, s in prompts_specs], use_tqdm=False)
+    return outs
+
+
+@pytest.mark.parametrize("prompt", [SHORT, LONG], ids=["short", "long-chunked"])
+@pytest.mark.parametrize("name", list(SPECS))
+def test_parity_with_steerlab_engine(llm, smol, factory, name, prompt):
+    if prompt == LONG:
+        assert len(prompt_ids(smol, LONG)) > 64  # more than one step's token budget: chunked prefill
+    want = reference(smol, factory, prompt, SPECS[name])
+    got = list(run(llm, smol, [(prompt, SPECS[name])])[0].outputs[0].token_ids)
+    assert got == want, (smol.tokenizer.decode(got), smol.tokenizer.decode(want))
+
+
+def test_steering_changes_output_and_zero_strength_is_unsteered(llm, smol):
+    plain, zero, steered = (list(o.outputs[0].token_ids) for o in run(llm, smol, [
+        (SHORT, None), (SHORT, {"vectors": [{"name": "sentiment", "multiplier": 0}]}),
+        (SHORT, SPECS["caa (own window: assistant onward)"])]))
+    assert zero == plain
+    assert steered != plain
+
+
+def test_concurrent_requests_each_get_their_own_steering(llm, smol):
+    from steerlab.vllm import worker
+
+    specs = list(SPECS.values())
+    jobs = [(SHORT if i % 2 else LONG, specs[i % len(specs)]) for i in range(16)]
+    # Distinct strengths too, so no two steered requests share a program.
+    jobs = [(p, s if s is None else {"vectors": [dict(e, multiplier=e.get("multiplier", 1) * (1 + i / 10))
+                                                 for e in s["vectors"]]}) for i, (p, s) in enumerate(jobs)]
+    worker.STATS.update(max_requests=0, max_distinct_steering=0)
+    together = [list(o.outputs[0].token_ids) for o in run(llm, smol, jobs)]
+    shared = dict(worker.STATS)
+    alone = [list(run(llm, smol, [job])[0].outputs[0].token_ids) for job in jobs]
+    assert together == alone
+    assert shared["max_requests"] == 16 and shared["max_distinct_steering"] >= 12, shared
+
+
+def test_prefix_cache_is_never_shared_across_steering(llm, smol, factory):
+    prompt = LONG.replace("village", "town")  # a prompt no other test caches
+    variants = {"none": None, "a": SPECS["all positions, one layer"], "b": SPECS["project_out"]}
+    want = {k: reference(smol, factory, prompt, s) for k, s in variants.items()}
+    seen = set()
+    for order in itertools.permutations(variants):
+        for key in order:
+            out = run(llm, smol, [(prompt, variants[key])])[0]
+            assert list(out.outputs[0].token_ids) == want[key], (order, key)
+            cached = out.num_cached_tokens or 0
+            if key not in seen:  # first time this steering is seen: nothing of the others' may be reused
+                assert cached == 0, (order, key, cached)
+            else:
+                assert cached >= 32, (order, key, cached)  # the cache does work for the same steering
+            seen.add(key)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ({"vectors": [{"name": "nope"}]}, "Unknown vector"),
+    ({"vectors": [{"name": "sentiment", "layers": [99]}]}, "layers"),
+    ({"vectors": [{"name": "sentiment", "multiplier": float("nan")}]}, "finite"),
+    ({"vectors": [{"name": "sentiment", "window": "user"}]}, "user"),
+    ({"actadd": {"positive": "Love", "negative": "Hate", "layer": 6}}, "ActAdd"),
+    ("{not json", "JSON"),
+])
+def test_bad_steering_is_refused_and_engine_keeps_serving(llm, smol, bad, fragment):
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match=fragment):
+        run(llm, smol, [(SHORT, bad)])
+    assert len(run(llm, smol, [(SHORT, None)])[0].outputs[0].token_ids) > 0
+
+
+def test_vectors_for_another_model_are_refused_at_start(tmp_path):
+    import torch
+
+    from steerlab.vector import SteeringVector, VectorFileError
+    from steerlab.vllm import Compiler, ModelFacts, PluginConfig
+
+    SteeringVector({3: torch.ones(64)}, model_name="other", hidden_size=64).save(tmp_path / "other.safetensors")
+    with pytest.raises(VectorFileError, match="hidden size 64"):
+        Compiler.from_config(PluginConfig(str(tmp_path)), ModelFacts("m", 576, 30))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openai_server_steers_and_answers_bad_steering_with_400(vectors_dir, tmp_path):
+    """vLLM's own OpenAI server, in its own processes, with the plugin loaded from the entry point."""
+    import httpx
+
+    port = _free_port()
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir(), "--port", str(port),
+         "--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--served-model-name", "smol",
+         "--additional-config", json.dumps({"steerlab": {"vectors": str(vectors_dir)}})],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        else:
+            pytest.fail("vLLM server did not start: " + (tmp_path / "server.log").read_text()[-3000:])
+
+        def chat(steering=None):
+            body = {"model": "smol", "max_tokens": 16, "temperature": 0,
+                    "messages": [{"role": "user", "content": SHORT}]}
+            if steering is not None:
+                body["vllm_xargs"] = {"steering": json.dumps(steering)}
+            return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+        plain = chat()
+        steered = chat(SPECS["caa (own window: assistant onward)"])
+        assert plain.status_code == steered.status_code == 200
+        assert plain.json()["choices"][0]["message"]["content"] != steered.json()["choices"][0]["message"]["content"]
+        bad = chat({"vectors": [{"name": "nope"}]})
+        assert bad.status_code == 400, bad.text
+        assert "Unknown vector" in bad.json()["error"]["message"]
+        assert chat().json()["choices"][0]["message"]["content"] == plain.json()["choices"][0]["message"]["content"]
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
