@@ -41,14 +41,16 @@ class Bench:
     minutes: float  # rough wall time on the project's 2-core machine
     what: str
     requires: list[str] = field(default_factory=list)  # paths that must exist first (else: skipped)
+    python: str = ".venv/bin/python"  # the environment a script runs in, relative to the repository root
 
     def command(self) -> list[str]:
         if self.argv[0] == "steerlab":
             return [STEERLAB, *self.argv[1:]]
-        return [sys.executable, str(ROOT / "benchmarks" / self.argv[0]), *self.argv[1:]]
+        python = sys.executable if self.python == ".venv/bin/python" else str(ROOT / self.python)
+        return [python, str(ROOT / "benchmarks" / self.argv[0]), *self.argv[1:]]
 
     def shown(self) -> str:
-        head = "steerlab" if self.argv[0] == "steerlab" else f".venv/bin/python benchmarks/{self.argv[0]}"
+        head = "steerlab" if self.argv[0] == "steerlab" else f"{self.python} benchmarks/{self.argv[0]}"
         return " ".join([head, *self.argv[1:]])
 
 
@@ -87,6 +89,9 @@ BENCHMARKS = [
                                   "--out", "benchmarks/results/pace"],
           ["pace/pace-positive-sentiment"], 3, "the same, positive sentiment", [str(DICTIONARY)]),
     Bench("serve-load", ["serve_load.py"], ["serve-load"], 5, "server throughput and latency at 1/4/16 clients"),
+    Bench("vllm-steering", ["vllm_steering.py"], ["vllm-steering"], 3,
+          "steered vs unsteered throughput inside vLLM at 1/4/16/32 requests (needs make setup-vllm)",
+          [str(ROOT / ".venv-vllm" / "bin" / "python")], python=".venv-vllm/bin/python"),
     Bench("ray-reliability", ["ray_reliability.py"], ["ray-reliability"], 3,
           "reliability in-process vs on local Ray"),
     Bench("llamacpp-interop", ["llamacpp_interop.py"], ["llamacpp-interop"], 2,
