@@ -92,12 +92,15 @@ def machine() -> dict:
 
 def command_line() -> str:
     """The command that is running, as a reader would retype it from the repository root."""
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script = script.relative_to(ROOT)
-    except ValueError:
-        pass
-    return " ".join([".venv/bin/python", str(script), *map(shlex.quote, sys.argv[1:])])
+    def shown(path: Path) -> str:
+        try:
+            return str(path.relative_to(ROOT))
+        except ValueError:
+            return str(path)
+
+    # The interpreter as invoked (not resolved: a venv's python is a link to the system one).
+    python = shown(Path(sys.executable).absolute())
+    return " ".join([python, shown(Path(sys.argv[0]).resolve()), *map(shlex.quote, sys.argv[1:])])
 
 
 def machine_line(info: dict) -> str:

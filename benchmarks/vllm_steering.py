@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import paired_change, save_report  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process, as measured
 PROMPTS = ["Tell me about your weekend.", "What should I cook tonight?", "Describe the sea in winter.",
            "How do I learn to play chess?", "Write a note to a neighbour.", "What is a good book to read?"]
 
@@ -62,13 +63,13 @@ def main() -> int:
     args = ap.parse_args()
     from vllm import LLM, SamplingParams
 
-    from steerlab.sources import dequantised_cache_path, resolve_builtin
+    from steerlab.model import builtin_model_dir
     from steerlab.vllm import engine_config
 
     folder = Path(tempfile.mkdtemp(prefix="steerlab-vllm-bench-"))
     names = make_vectors(folder)
     started = time.perf_counter()
-    llm = LLM(model=str(dequantised_cache_path(resolve_builtin("smollm2-135m"))), dtype=args.dtype,
+    llm = LLM(model=str(builtin_model_dir("smollm2-135m")), dtype=args.dtype,
               max_model_len=512, enforce_eager=True, seed=0, max_num_seqs=32,
               additional_config=engine_config(str(folder)))
     start_s = time.perf_counter() - started

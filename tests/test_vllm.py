@@ -61,9 +61,9 @@ def factory(smol, vectors_dir):
 
 
 def model_dir() -> str:
-    from steerlab.sources import dequantised_cache_path, resolve_builtin
+    from steerlab.model import builtin_model_dir
 
-    return str(dequantised_cache_path(resolve_builtin("smollm2-135m")))
+    return str(builtin_model_dir("smollm2-135m"))
 
 
 @pytest.fixture(scope="module")

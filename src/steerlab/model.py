@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .blocks import find_blocks
-from .errors import InputError, LayerError
+from .errors import InputError, LayerError, UnknownNameError
 from .sources import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
@@ -224,10 +224,12 @@ def _load_gguf(path: Path):
     return model, tokenizer
 
 
-def _load_builtin(name: str, **hf_kwargs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = BUILTIN_MODELS[name]
+def builtin_model_dir(name: str) -> Path:
+    """The Hugging Face directory (config, safetensors, tokenizer) of a built-in model, written from
+    its GGUF file on first use: what engines that load a directory, such as vLLM, take as the model."""
+    spec = resolve_builtin(name)
+    if spec is None:
+        raise UnknownNameError(f"Unknown built-in model {name!r}; built-in: {sorted(BUILTIN_MODELS)}.")
     cached = dequantised_cache_path(spec)
     if not (cached / "config.json").exists():
         from .gguf_convert import convert_gguf
@@ -249,6 +251,13 @@ def _load_builtin(name: str, **hf_kwargs):
             os.replace(tmp, cached)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    return cached
+
+
+def _load_builtin(name: str, **hf_kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cached = builtin_model_dir(name)
     tokenizer = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, **hf_kwargs)
     return model, tokenizer

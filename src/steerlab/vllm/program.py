@@ -163,17 +163,16 @@ class Compiler:
         this engine cannot do, so the front end can refuse the request before it is scheduled."""
         if spec.actadd is not None:
             raise SpecError("ActAdd pairs are extracted on the fly only by steerlab's own engine; on vLLM, save the "
-                            "pair as a vector (steerlab actadd ... -o NAME.safetensors) into the vectors folder and "
-                            "name it.", "steering.actadd")
+                            "pair as a vector into the vectors folder (steerlab extract --method actadd --positive P "
+                            "--negative N --layers L -o NAME.safetensors) and name it.", "steering.actadd")
         if spec.pace is not None:
             raise SpecError("PaCE is not available on the vLLM engine yet; use steerlab serve.", "steering.pace")
         for i, e in enumerate(spec.vectors):
             if e.window == "user":
                 raise SpecError("The 'user' window is not available on the vLLM engine.",
                                 f"steering.vectors[{i}].window")
-        self.factory.check(spec)
         program: Program = {}
-        for iv in self.factory.build(spec).for_batch(None):
+        for iv in self.factory.build(spec).for_batch(None):  # build() checks the spec against the vectors
             program.setdefault((iv.layer, iv.site), []).append(self._op(iv, prompt_len, assistant_start))
         for (layer, site), ops in program.items():
             if len(ops) > self.max_ops:

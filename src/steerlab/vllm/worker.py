@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .program import LANDMARK_KEY, NO_END, Compiler, ModelFacts, PluginConfig, Program
+from .program import EXTRA_KEY, LANDMARK_KEY, NO_END, Compiler, ModelFacts, PluginConfig, Program
 
 log = logging.getLogger("steerlab.vllm")
 # Per process: the most requests, and the most differently steered ones, seen in one forward pass
@@ -65,6 +65,7 @@ class WorkerSteering:
         self.eager = bool(model_config.enforce_eager)
         self.active = [0] * len(self.sites)  # eager mode: ops to run per site this step
         self.owner: list[str | None] = [None] * slots
+        self.scheduled = 0  # requests in the batch at the last step
         self.programs: dict[str, Program] = {}
         self.keys: dict[str, str] = {}
         # The runner's persistent per-token buffers (filled by vLLM before each forward pass).
@@ -96,16 +97,20 @@ class WorkerSteering:
             self.rows.copy_(self.cpu_rows, non_blocking=True)
             self.coef.copy_(self.cpu_coef, non_blocking=True)
             self.bounds.copy_(self.cpu_bounds, non_blocking=True)
-        STATS["max_requests"] = max(STATS["max_requests"], n)
-        distinct = {self.keys[r] for r in batch.req_ids[:n] if self.programs.get(r)}
-        STATS["max_distinct_steering"] = max(STATS["max_distinct_steering"], len(distinct))
+        if not changed and n == self.scheduled:
+            return  # the same requests in the same slots as last step: tables, counts and stats still hold
+        self.scheduled = n
+        if changed:  # only a request entering a slot can raise the maxima
+            STATS["max_requests"] = max(STATS["max_requests"], n)
+            distinct = {self.keys[r] for r in batch.req_ids[:n] if self.programs.get(r)}
+            STATS["max_distinct_steering"] = max(STATS["max_distinct_steering"], len(distinct))
         if self.eager:
             self.active = self.counts[:, :n].amax(dim=1).tolist() if n else [0] * len(self.sites)
 
     def _program(self, state: Any) -> Program:
         params = state.sampling_params
         extra = getattr(params, "extra_args", None) or {}
-        if "steering" not in extra:
+        if EXTRA_KEY not in extra:
             return {}
         try:
             spec = self.compiler.spec_of(extra)
