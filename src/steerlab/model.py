@@ -27,7 +27,7 @@ from .sources import (
     dequantised_cache_path,
     resolve_builtin,
 )
-from .tokens import PromptBatch, Rendered, encode_texts, render_prompt
+from .tokens import PromptBatch, Rendered, TokenPrompt, encode_texts, render_prompt
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -136,10 +136,12 @@ class SteerModel:
         return render_prompt(self.tokenizer, prompt, chat=chat, system=system,
                              assistant_prefix=assistant_prefix)
 
-    def prepare(self, prompts: Sequence[str] | Sequence[Rendered], *, chat: bool = True,
+    def prepare(self, prompts: Sequence[str | Rendered | TokenPrompt], *, chat: bool = True,
                 system: str | None = None, padding_side: str = "left") -> PromptBatch:
-        """Tokenize prompts into a padded batch that knows where each assistant turn starts."""
-        rendered = [p if isinstance(p, Rendered) else self.render(p, chat=chat, system=system) for p in prompts]
+        """Tokenize prompts into a padded batch that knows where each assistant turn starts
+        (:class:`~steerlab.tokens.TokenPrompt` rows are token ids, taken as they are)."""
+        rendered = [p if isinstance(p, (Rendered, TokenPrompt)) else self.render(p, chat=chat, system=system)
+                    for p in prompts]
         return encode_texts(self.tokenizer, rendered, padding_side=padding_side, device=self.device)
 
     def forward_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:

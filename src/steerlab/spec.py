@@ -109,6 +109,27 @@ class SteeringSpec:
         """``FILE[:MULTIPLIER]`` arguments (or ``(file, multiplier)`` pairs) as vector entries."""
         return cls(tuple(VectorEntry(*_file_multiplier(x) if isinstance(x, str) else x) for x in items))
 
+    @classmethod
+    def from_model_name(cls, model: str | None) -> SteeringSpec | None:
+        """Steering written into an OpenAI ``model`` name, for clients that can send nothing else
+        (lm-eval's ``local-completions``): ``MODEL+VECTOR[*MULTIPLIER][@WINDOW]`` with one
+        ``+...`` per vector, e.g. ``smollm2-135m+sentiment*4@all``. None when the name has no ``+``."""
+        if not model or "+" not in model:
+            return None
+        entries = []
+        for i, part in enumerate(model.split("+")[1:]):
+            param = f"model (vector {i + 1})"
+            part, _, window = part.partition("@")
+            name, star, mult = part.partition("*")
+            if not name or (star and not _is_number(mult)):
+                raise SpecError(f"{param}: {part!r} is not VECTOR[*MULTIPLIER][@WINDOW] (e.g. sentiment*4@all).",
+                                "model")
+            entries.append(_vector_entry({"name": name, "multiplier": float(mult) if star else 1.0,
+                                          "window": window or "own"}, param))
+        if len(entries) > MAX_VECTOR_ENTRIES:
+            raise SpecError(f"The model name asks for {len(entries)} vectors; at most {MAX_VECTOR_ENTRIES}.", "model")
+        return cls(tuple(entries))
+
     def to_dict(self) -> dict:
         """The JSON form (``from_dict(to_dict())`` gives the same spec)."""
         out: dict[str, Any] = {}

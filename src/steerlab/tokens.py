@@ -110,7 +110,7 @@ class PromptBatch:
     user_end: torch.Tensor  # [B]
     assistant_start: torch.Tensor  # [B]
     padding_side: str
-    rendered: list[Rendered]
+    rendered: list[Rendered | TokenPrompt]
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -135,10 +135,63 @@ def pad_ids(rows: Sequence[Sequence[int]], pad_id: int, side: str = "left",
     return ids.to(device), mask.to(device)
 
 
-def encode_texts(tokenizer: Any, rendered: Sequence[Rendered], *, padding_side: str = "left",
+@dataclass(frozen=True)
+class TokenPrompt:
+    """A prompt given as token ids (as evaluation clients send them): it is taken as it is, with no
+    special tokens added; the user's span is the whole prompt and the assistant turn begins at
+    ``assistant_start`` (the last assistant header in it, see :func:`find_assistant_start`), or at
+    the last token when there is none (the raw-text rule)."""
+
+    ids: tuple[int, ...]
+    assistant_start: int | None = None
+
+    @classmethod
+    def of(cls, tokenizer: Any, ids: Sequence[int]) -> TokenPrompt:
+        ids = tuple(int(i) for i in ids)
+        return cls(ids, find_assistant_start(ids, assistant_header_ids(tokenizer)))
+
+
+def assistant_header_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The tokens a chat template puts at the start of the assistant turn (empty without a template)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return ()
+    cached = getattr(tokenizer, "_steerlab_assistant_header", None)
+    if cached is not None:
+        return cached
+    rendered = render_prompt(tokenizer, "x")
+    header: tuple[int, ...] = ()
+    if rendered.assistant_start is not None:
+        header = tuple(tokenizer.encode(rendered.text[rendered.assistant_start:], add_special_tokens=False))
+    try:
+        tokenizer._steerlab_assistant_header = header
+    except AttributeError:  # a tokenizer that takes no new attributes: computed again next time
+        pass
+    return header
+
+
+def find_assistant_start(ids: Sequence[int], header: Sequence[int]) -> int | None:
+    """Index of the last occurrence of ``header`` in ``ids`` (None: not found, or no header)."""
+    h, ids = list(header), list(ids)
+    if not h:
+        return None
+    for i in range(len(ids) - len(h), -1, -1):
+        if ids[i:i + len(h)] == h:
+            return i
+    return None
+
+
+def encode_texts(tokenizer: Any, rendered: Sequence[Rendered | TokenPrompt], *, padding_side: str = "left",
                  device: torch.device | str = "cpu") -> PromptBatch:
+    """Tokenize rendered prompts (token-id prompts are taken as they are) into one padded batch."""
     rows, ustart, uend, astart = [], [], [], []
     for r in rendered:
+        if isinstance(r, TokenPrompt):
+            ids = list(r.ids)
+            rows.append(ids)
+            ustart.append(0)
+            uend.append(len(ids))
+            astart.append(len(ids) - 1 if r.assistant_start is None else min(r.assistant_start, len(ids) - 1))
+            continue
         ids, offsets = tokenize_with_offsets(tokenizer, r.text)
         rows.append(ids)
         ustart.append(char_to_token(tokenizer, r.text, ids, offsets, r.user_start))

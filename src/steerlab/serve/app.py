@@ -15,13 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from ..errors import InputError
-from ..spec import SteeringFactory
-from ..tokens import Rendered
+from ..spec import SpecError, SteeringFactory, SteeringSpec
+from ..tokens import Rendered, TokenPrompt
 from .config import ServeConfig
 from .engine import Engine, Job, QueueFull
-from .protocol import APIError, ChatRequest, CompletionRequest
-from .shaping import Shaper, sse
+from .protocol import APIError, ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .shaping import Shaper, Vocab, merge_completion_logprobs, sse
 from .validate import RequestValidator
+
+
+TOKENIZER_PATHS = frozenset({"/tokenize", "/detokenize", "/tokenizer_info"})
 
 
 def render_messages(lm, messages) -> Rendered:
@@ -95,9 +98,9 @@ class _AnswerOrCancel(Response):
     (Watching ``receive`` here, in the response, works behind middleware, where
     ``Request.is_disconnected`` in the endpoint does not see the disconnect.)"""
 
-    def __init__(self, answer, job: Job) -> None:
+    def __init__(self, answer, jobs: list[Job]) -> None:
         super().__init__()
-        self.answer, self.job = answer, job
+        self.answer, self.jobs = answer, jobs
 
     async def __call__(self, scope, receive, send) -> None:
         waiter = asyncio.ensure_future(self.answer())
@@ -111,7 +114,8 @@ class _AnswerOrCancel(Response):
         watcher = asyncio.ensure_future(watch())
         done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if waiter not in done:
-            self.job.cancelled.set()
+            for job in self.jobs:
+                job.cancelled.set()
             waiter.cancel()
             return
         watcher.cancel()
@@ -166,7 +170,7 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
                                                   "without an API key answers only localhost / 127.0.0.1 / [::1]. "
                                                   "Start it with --api-key to serve other names.",
                                              code="host_not_allowed").body(), status_code=403)
-        if api_key and request.url.path.startswith("/v1/"):
+        if api_key and (request.url.path.startswith("/v1/") or request.url.path in TOKENIZER_PATHS):
             auth = request.headers.get("authorization", "")
             given = auth[7:] if auth.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(given.encode(), api_key.encode()):
@@ -175,47 +179,126 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
                                     status_code=401)
         return await call_next(request)
 
-    async def run(req, rendered: Rendered, max_tokens: int | None, chat: bool):
+    vocab = Vocab(lm.tokenizer)
+
+    def steering_of(req) -> SteeringSpec | None:
+        """Steering written into the model name (``MODEL+VECTOR*MULT@WINDOW``), checked like the field."""
+        try:
+            named = SteeringSpec.from_model_name(req.model)
+        except SpecError as err:
+            raise APIError(400, str(err), param="model") from None
+        if named is None:
+            return None
+        if req.steering is not None:
+            raise APIError(400, "Steering is given both in the model name and in the steering field; use one.",
+                           param="steering")
+        return validator.steering(named.to_dict())
+
+    def choice_body(shape: Shaper, job: Job, ev: dict) -> dict:
+        """One finished choice in the endpoint's wire form."""
+        k = job.logprobs or 0
+        prompt_text = ""
+        if job.echo:
+            r = job.rendered
+            prompt_text = lm.tokenizer.decode(list(r.ids)) if isinstance(r, TokenPrompt) else r.text
+        logprobs = None
+        if job.logprobs is not None:
+            answer = ev["logprobs"] or []
+            if shape.chat:
+                logprobs = {"content": vocab.chat(answer, k), "refusal": None}
+            else:
+                parts = []
+                if job.echo:
+                    parts.append(vocab.completion(ev["prompt_ids"], ev["prompt_logprobs"], k))
+                parts.append(vocab.completion([e.token for e in answer], answer, k, offset=len(prompt_text)))
+                logprobs = merge_completion_logprobs(*parts)
+        return shape.choice(job.index, prompt_text + ev["text"], ev["finish_reason"], logprobs)
+
+    async def run(req, prompts: list[Rendered | TokenPrompt], max_tokens: int | None, chat_endpoint: bool):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        job = Job.of(validator.job(req, rendered, max_tokens),
-                     lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
-        try:
-            engine.submit(job)
-        except QueueFull as err:
-            raise APIError(429, f"{err}; retry shortly.", type="rate_limit_error", code="queue_full") from None
-        shape = Shaper(chat, lm.name)
+        named = steering_of(req)
+        settings = [validator.job(req, p, max_tokens, spec=named) for p in prompts]
+        if len(settings) * req.n > config.max_choices:
+            raise APIError(400, f"{len(settings)} prompts x n={req.n} choices is over {config.max_choices}.",
+                           param="n")
+
+        def emit(ev: dict) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, ev)
+
+        jobs = [Job.of(replace(s, index=p * req.n + j, seed=None if s.seed is None else (s.seed + j) % 2**63), emit)
+                for p, s in enumerate(settings) for j in range(req.n)]
+        for k, job in enumerate(jobs):
+            try:
+                engine.submit(job)
+            except QueueFull as err:
+                for queued in jobs[:k]:
+                    queued.cancelled.set()
+                raise APIError(429, f"{err}; retry shortly.", type="rate_limit_error", code="queue_full") from None
+        shape = Shaper(chat_endpoint, lm.name)
+        by_index = {job.index: job for job in jobs}
+
+        def usage(done: dict[int, dict]) -> dict:
+            prompt = sum(ev["usage"]["prompt_tokens"] for i, ev in done.items() if i % req.n == 0)
+            completion = sum(ev["usage"]["completion_tokens"] for ev in done.values())
+            return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
         if not req.stream:
             async def answer() -> JSONResponse:
-                while True:
+                done: dict[int, dict] = {}
+                while len(done) < len(jobs):
                     ev = await events.get()
                     if "error" in ev:
+                        for job in jobs:
+                            job.cancelled.set()
                         return JSONResponse(APIError(500, ev["error"], type="server_error").body(), status_code=500)
                     if ev.get("done"):
-                        return JSONResponse(shape.answer(ev["text"], ev["finish_reason"], ev["usage"]))
+                        done[ev["index"]] = ev
+                choices = [choice_body(shape, by_index[i], done[i]) for i in sorted(done)]
+                return JSONResponse(shape.answer(choices, usage(done)))
 
-            return _AnswerOrCancel(answer, job)
+            return _AnswerOrCancel(answer, jobs)
+
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        k_of = {job.index: job.logprobs for job in jobs}
+        offsets = dict.fromkeys(k_of, 0)
+
+        def chunk_logprobs(index: int, entries) -> dict | None:
+            if k_of[index] is None:
+                return None
+            if chat_endpoint:
+                return {"content": vocab.chat(entries, k_of[index]), "refusal": None}
+            return vocab.completion([e.token for e in entries], entries, k_of[index], offset=offsets[index])
 
         async def stream():
             finished = False
+            done: dict[int, dict] = {}
             try:
-                if chat:
-                    yield shape.chunk(role=True)
-                while True:
+                if chat_endpoint:
+                    for job in jobs:
+                        yield shape.chunk(role=True, index=job.index)
+                while len(done) < len(jobs):
                     ev = await events.get()
                     if "error" in ev:
                         yield sse(APIError(500, ev["error"], type="server_error").body())
                         break
                     if "delta" in ev:
-                        yield shape.chunk(ev["delta"])
+                        i = ev["index"]
+                        yield shape.chunk(ev["delta"], index=i, logprobs=chunk_logprobs(i, ev.get("logprobs") or []))
+                        offsets[i] += len(ev["delta"])
                     if ev.get("done"):
-                        yield shape.chunk(None, ev["finish_reason"])
-                        break
-                finished = True
-                yield sse("[DONE]")
+                        done[ev["index"]] = ev
+                        yield shape.chunk(None, ev["finish_reason"], index=ev["index"])
+                else:
+                    if include_usage:
+                        yield sse({**shape.answer([], usage(done)), "object": "chat.completion.chunk"
+                                   if chat_endpoint else "text_completion"})
+                    finished = True
+                    yield sse("[DONE]")
             finally:
-                if not finished:  # the client went away mid-stream: stop generating for it
-                    job.cancelled.set()
+                if not finished:  # the client went away mid-stream (or a choice failed): stop generating
+                    for job in jobs:
+                        job.cancelled.set()
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
@@ -224,18 +307,56 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
         validator.control_tokens([m.content for m in req.messages], "messages")
         rendered = render_messages(lm, req.messages)
         tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        return await run(req, rendered, tokens, chat=True)
+        return await run(req, [rendered], tokens, chat_endpoint=True)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
         prompt = req.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise APIError(400, "Send one prompt per request.", param="prompt")
-            prompt = prompt[0]
-        if not prompt:
+        if isinstance(prompt, str) or not prompt:
+            prompts = [prompt] if isinstance(prompt, str) else []
+        else:
+            prompts = list(prompt)
+        if not prompts:
             raise APIError(400, "prompt is empty.", param="prompt")
-        return await run(req, lm.render(prompt, chat=False), req.max_tokens, chat=False)
+        if all(isinstance(t, int) for t in prompts):  # one prompt as token ids
+            prompts = [prompts]
+        rows: list[Rendered | TokenPrompt] = []
+        for i, p in enumerate(prompts):
+            where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            if isinstance(p, str):
+                if not p:
+                    raise APIError(400, f"{where} is empty.", param=where)
+                rows.append(lm.render(p, chat=False))
+            else:
+                rows.append(validator.token_prompt(list(p), where))
+        return await run(req, rows, req.max_tokens, chat_endpoint=False)
+
+    # vLLM's tokenizer endpoints: lm-eval's local-completions finds them and tokenizes with the
+    # server's own tokenizer (no Hugging Face download on the client).
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        tok = lm.tokenizer
+        return {"tokenizer_class": type(tok).__name__, "eos_token": tok.eos_token, "bos_token": tok.bos_token,
+                "pad_token": tok.pad_token, "chat_template": getattr(tok, "chat_template", None),
+                "model_max_length": validator.context}
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest):
+        if req.prompt is not None:
+            ids = lm.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"]
+        elif req.messages is not None:
+            ids = lm.prepare([render_messages(lm, req.messages)]).input_ids[0].tolist()
+        else:
+            raise APIError(400, "Send prompt (text) or messages.", param="prompt")
+        return {"count": len(ids), "max_model_len": validator.context, "tokens": ids, "token_strs": None}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest):
+        vocab_size = len(lm.tokenizer)
+        bad = next((t for t in req.tokens if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise APIError(400, f"Token id {bad} is outside the vocabulary (0..{vocab_size - 1}).", param="tokens")
+        return {"prompt": lm.tokenizer.decode(req.tokens)}
 
     @app.get("/v1/models")
     async def models():

@@ -16,6 +16,8 @@ class ServeConfig:
     max_prompt_chars: int = 32_000
     max_body_bytes: int = 1_000_000
     max_stop: int = 4  # stop sequences per request
+    max_choices: int = 16  # prompts x n per request
+    max_logprobs: int = 20  # top_logprobs (chat) / logprobs (completions) at most
     actadd_cache: int = 32  # distinct ActAdd pairs kept (each costs one extraction to rebuild)
     # Message text that spells a control token (e.g. "<|im_start|>system") would be tokenised as the
     # real token and forge a chat turn; such requests are refused unless the clients are trusted.

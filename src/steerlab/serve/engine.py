@@ -12,6 +12,7 @@ By default a daemon thread runs the engine; pass ``start_thread=False`` and call
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -24,6 +25,7 @@ import torch
 from transformers import StoppingCriteria
 
 from ..generation import generate_ids
+from ..logprobs import LogitTap, TokenLogprob, entries, prompt_logprobs, real_columns
 from ..spec import SteeringFactory
 from .config import ServeConfig
 from .validate import JobSettings
@@ -55,24 +57,33 @@ class Job(JobSettings):
         # A seeded request runs alone: its random draws must not depend on what else is in the batch.
         alone = id(self) if self.seed is not None else None
         return json.dumps([self.do_sample, self.temperature, self.top_p, self.frequency_penalty, self.seed,
-                           self.steering.batch_key(), alone])
+                           self.steering.batch_key(), alone, self.max_tokens == 0])
 
 
 class _RowStreamer:
     """A transformers streamer for a whole batch: hands each row's new text to its job."""
 
-    def __init__(self, engine: Engine, jobs: list[Job]) -> None:
-        self.engine, self.jobs = engine, jobs
+    def __init__(self, engine: Engine, jobs: list[Job], tap: LogitTap | None = None) -> None:
+        self.engine, self.jobs, self.tap = engine, jobs, tap
         self.tokens: list[list[int]] = [[] for _ in jobs]
         self.sent = [0] * len(jobs)
         self.done = [False] * len(jobs)
+        # Log-probabilities of every token each row drew (its end-of-text token too), and how many were sent.
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in jobs]
+        self.logprobs_sent = [0] * len(jobs)
+        self._top_k = max((j.logprobs or 0 for j in jobs), default=0)
         self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # the first call carries the prompts
             self._prompt_seen = True
             return
-        for i, tok in enumerate(value.reshape(len(self.jobs), -1)[:, -1].tolist()):
+        new = value.reshape(len(self.jobs), -1)[:, -1]
+        step = None
+        if self.tap is not None:
+            live = [i for i, d in enumerate(self.done) if not d and self.jobs[i].logprobs is not None]
+            step = dict(zip(live, entries(self.tap.logprobs()[live], new[live], self._top_k))) if live else {}
+        for i, tok in enumerate(new.tolist()):
             if self.done[i]:
                 continue
             job = self.jobs[i]
@@ -81,6 +92,8 @@ class _RowStreamer:
                 self.done[i] = True
                 self.engine.stats["cancelled"] += 1
                 continue
+            if step is not None and i in step:
+                self.logprobs[i].append(step[i])
             if tok in self.engine.eos_ids:
                 self.done[i] = True
                 continue
@@ -93,9 +106,20 @@ class _RowStreamer:
                 self.done[i] = True
             safe = len(text) if self.done[i] else _safe_prefix(text, job.stop)
             if job.stream and safe > self.sent[i]:
-                job.emit({"delta": text[self.sent[i]: safe]})
-                job.streamed = True
+                # Log-probabilities go with the text: a token whose text is held back (it may begin
+                # a stop string, or be part of a character) is sent with the next piece.
+                held = 0 if safe == len(text) else 1
+                self.emit_delta(i, text[self.sent[i]: safe], len(self.tokens[i]) - held)
                 self.sent[i] = safe
+
+    def emit_delta(self, i: int, text: str, upto: int) -> None:
+        """Send row ``i``'s next piece of text with the log-probabilities of its tokens before ``upto``."""
+        event: dict = {"delta": text, "index": self.jobs[i].index}
+        if self.jobs[i].logprobs is not None:
+            event["logprobs"] = self.logprobs[i][self.logprobs_sent[i]: max(upto, self.logprobs_sent[i])]
+            self.logprobs_sent[i] = max(upto, self.logprobs_sent[i])
+        self.jobs[i].emit(event)
+        self.jobs[i].streamed = True
 
     def end(self) -> None:
         pass
@@ -232,15 +256,29 @@ class Engine:
         steering = self.factory.build_rows([j.steering for j in jobs])
         batch = steering.transform_batch(lm, lm.prepare([j.rendered for j in jobs], padding_side="left"))
         ivs = steering.for_batch(batch)
+        prompt_tokens = batch.lengths.tolist()
+        scored: list[list[TokenLogprob | None]] | None = None
+        if any(j.echo and j.logprobs is not None for j in jobs):  # the prompt's own log-probabilities
+            scored = prompt_logprobs(lm, batch, ivs, top_k=max(j.logprobs or 0 for j in jobs))
+        echoed = [batch.input_ids[i, real_columns(batch, i)].tolist() if j.echo else None
+                  for i, j in enumerate(jobs)]
+        if all(j.max_tokens == 0 for j in jobs):  # scoring only (echo with max_tokens 0)
+            for i, job in enumerate(jobs):
+                job.emit({"done": True, "text": "", "finish_reason": "length", "index": job.index,
+                          "tokens": [], "logprobs": [] if job.logprobs is not None else None,
+                          "prompt_ids": echoed[i], "prompt_logprobs": scored[i] if scored and job.logprobs
+                          is not None else None, "usage": _usage(prompt_tokens[i], 0)})
+            return
         first = jobs[0]
         if first.seed is not None:
             torch.manual_seed(first.seed)
-        streamer = _RowStreamer(self, jobs)
-        ids = generate_ids(lm, batch, ivs, max_new_tokens=max(j.max_tokens for j in jobs), do_sample=first.do_sample,
-                           temperature=first.temperature, top_p=first.top_p,
-                           frequency_penalty=first.frequency_penalty, streamer=streamer,
-                           stopping_criteria=[_RowsDone(streamer)])
-        prompt_tokens = batch.lengths.tolist()
+        with contextlib.ExitStack() as stack:
+            tap = stack.enter_context(LogitTap(lm)) if any(j.logprobs is not None for j in jobs) else None
+            streamer = _RowStreamer(self, jobs, tap)
+            ids = generate_ids(lm, batch, ivs, max_new_tokens=max(j.max_tokens for j in jobs),
+                               do_sample=first.do_sample, temperature=first.temperature, top_p=first.top_p,
+                               frequency_penalty=first.frequency_penalty, streamer=streamer,
+                               stopping_criteria=[_RowsDone(streamer)])
         for i, job in enumerate(jobs):
             row = ids[i].tolist()
             tokens, reason = [], "length"
@@ -250,10 +288,25 @@ class Engine:
                     break
                 tokens.append(tok)
             text, stopped = self.finish_text(tokens, job)
+            kept = len(tokens) + (reason == "stop")  # tokens whose log-probabilities go back: the end token too
             if stopped:
                 reason = "stop"
-            if job.stream and len(text) > streamer.sent[i]:
-                job.emit({"delta": text[streamer.sent[i]:]})
-            job.emit({"done": True, "text": text, "finish_reason": reason,
-                      "usage": {"prompt_tokens": int(prompt_tokens[i]), "completion_tokens": len(tokens),
-                                "total_tokens": int(prompt_tokens[i]) + len(tokens)}})
+                kept = self._tokens_covering(tokens, len(text))
+            logprobs = streamer.logprobs[i][:kept] if job.logprobs is not None else None
+            if job.stream and (len(text) > streamer.sent[i] or (logprobs and kept > streamer.logprobs_sent[i])):
+                streamer.emit_delta(i, text[streamer.sent[i]:], kept)
+            job.emit({"done": True, "text": text, "finish_reason": reason, "index": job.index, "tokens": tokens,
+                      "logprobs": logprobs, "prompt_ids": echoed[i],
+                      "prompt_logprobs": scored[i] if scored and job.logprobs is not None else None,
+                      "usage": _usage(prompt_tokens[i], len(tokens))})
+
+    def _tokens_covering(self, tokens: list[int], n_chars: int) -> int:
+        """How many of ``tokens`` it takes to spell the first ``n_chars`` characters of their text."""
+        for k in range(len(tokens) + 1):
+            if len(self.lm.tokenizer.decode(tokens[:k], skip_special_tokens=True)) >= n_chars:
+                return k
+        return len(tokens)
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": int(prompt), "completion_tokens": completion, "total_tokens": int(prompt) + completion}

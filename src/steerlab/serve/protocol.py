@@ -21,7 +21,10 @@ class _Sampling(_Strict):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: dict | None = None  # {"include_usage": true}: a last chunk with the usage
     n: int = 1
+    best_of: int | None = None
+    logit_bias: dict | None = None
     steering: Any = None  # checked by steerlab.spec.SteeringSpec.from_dict (unknown fields are errors)
 
 
@@ -33,10 +36,25 @@ class ChatMessage(_Strict):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
     max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # Text, texts, token ids, or lists of token ids (what evaluation clients such as lm-eval send).
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+    echo: bool = False
+
+
+class TokenizeRequest(_Strict):
+    prompt: str | None = Field(default=None, max_length=1_000_000)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(_Strict):
+    tokens: list[int] = Field(max_length=1_000_000)
 
 
 class APIError(Exception):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..spec import SpecError
-from ..tokens import render_prompt
+from ..tokens import assistant_header_ids, find_assistant_start
 from .program import EXTRA_KEY, LANDMARK_KEY, Compiler, ModelFacts, PluginConfig
 
 
@@ -24,17 +24,11 @@ class FrontEnd:
         facts = ModelFacts(str(model_config.model), model_config.get_hidden_size(),
                            model_config.hf_text_config.num_hidden_layers)
         self.compiler = Compiler.from_config(self.config, facts) if self.config else None
-        self.header = _assistant_header(tokenizer)
+        self.header = assistant_header_ids(tokenizer)
 
     def assistant_start(self, ids: list[int]) -> int | None:
         """Index of the last assistant-turn header in ``ids`` (None: not found, the raw-text rule)."""
-        h = self.header
-        if not h:
-            return None
-        for i in range(len(ids) - len(h), -1, -1):
-            if ids[i:i + len(h)] == h:
-                return i
-        return None
+        return find_assistant_start(ids, self.header)
 
     def admit(self, request: Any) -> Any:
         params = request.sampling_params
@@ -58,12 +52,3 @@ class FrontEnd:
         params.extra_args = extra
         return request
 
-
-def _assistant_header(tokenizer: Any) -> list[int]:
-    """The tokens a chat template puts at the start of the assistant turn (empty without a template)."""
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        return []
-    rendered = render_prompt(tokenizer, "x")
-    if rendered.assistant_start is None:
-        return []
-    return list(tokenizer.encode(rendered.text[rendered.assistant_start:], add_special_tokens=False))
