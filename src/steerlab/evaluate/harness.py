@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import lm_eval.models  # noqa: F401  - lm-eval's own models first: it loads them only into an empty registry
 import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM

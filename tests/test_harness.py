@@ -1,0 +1,92 @@
+"""lm-evaluation-harness against a steered model, two ways: lm-eval's own local-completions client
+pointed at steerlab serve, and the in-process ``steerlab`` model type; offline tasks only."""
+
+import json
+
+import pytest
+
+lm_eval = pytest.importorskip("lm_eval")
+pytest.importorskip("fastapi")
+
+from steerlab import datasets  # noqa: E402
+from steerlab.cli import main  # noqa: E402
+from steerlab.evaluate.harness import SteerlabLM, task_manager  # noqa: E402
+from steerlab.evaluate.tasks import task_name, write_tasks  # noqa: E402
+from steerlab.methods import caa  # noqa: E402
+from steerlab.serve import create_app  # noqa: E402
+from steerlab.serve.background import BackgroundServer  # noqa: E402
+
+pytestmark = pytest.mark.slow
+TASK = "steerlab_facts_mc"
+LIMIT = 16
+
+
+@pytest.fixture(scope="module")
+def vector_file(smol, tmp_path_factory):
+    pairs = datasets.to_open_answers(datasets.builtin("sentiment"))[:24]
+    path = tmp_path_factory.mktemp("vec") / "sentiment.safetensors"
+    caa.extract(smol, pairs, [8], progress=False).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return task_manager(tmp_path_factory.mktemp("tasks"))
+
+
+def per_request(results: dict) -> list[list[float]]:
+    """Each document's log-likelihood of each choice, in document order."""
+    return [[float(x[0][0]) for x in s["resps"]] for s in sorted(results["samples"][TASK], key=lambda s: s["doc_id"])]
+
+
+def test_server_and_in_process_routes_agree(smol, vector_file, tasks):
+    from steerlab.vector import SteeringVector
+
+    inproc, served = {}, {}
+    for mult in (0, 12):
+        spec = {"vectors": [{"name": str(vector_file), "multiplier": mult, "window": "all"}]}
+        inproc[mult] = lm_eval.simple_evaluate(model=SteerlabLM(lm=smol, steering=spec), tasks=[TASK],
+                                               task_manager=tasks, limit=LIMIT, log_samples=True)
+    app = create_app(smol, {"sentiment": SteeringVector.load(vector_file, smol)}, batch_wait=0.0)
+    with BackgroundServer(app) as srv:
+        for mult in (0, 12):
+            served[mult] = lm_eval.simple_evaluate(
+                model="local-completions", tasks=[TASK], task_manager=tasks, limit=LIMIT, log_samples=True,
+                model_args=f"model=smollm2-135m+sentiment*{mult}@all,base_url={srv.url}/v1/completions,max_retries=1")
+    for mult in (0, 12):
+        assert served[mult]["results"][TASK]["acc,none"] == inproc[mult]["results"][TASK]["acc,none"]
+        a, b = per_request(served[mult]), per_request(inproc[mult])
+        assert len(a) == LIMIT and all(x == pytest.approx(y, abs=1e-3) for x, y in zip(a, b))
+    # the steering is real: the strong vector costs this task accuracy (1.0 -> 0.75 on the whole set)
+    assert inproc[12]["results"][TASK]["acc,none"] < inproc[0]["results"][TASK]["acc,none"]
+    assert per_request(inproc[12]) != per_request(inproc[0])
+
+
+def test_tasks_are_written_offline(tmp_path, shared_data):
+    caa_file = shared_data / "caa" / "corrigible-neutral-HHH.json"
+    if not caa_file.exists():
+        caa_file = next((shared_data / "caa").glob("*.json"))
+    folder = write_tasks(tmp_path, behaviour_files=[caa_file])
+    name = task_name(caa_file)
+    assert (folder / f"{name}.yaml").exists()
+    rows = [json.loads(x) for x in (folder / f"{name}.jsonl").read_text().splitlines()]
+    assert len(rows) == len(datasets.load(caa_file))
+    assert all(r["choices"] == ["(A)", "(B)"] and r["target"] in (0, 1) for r in rows)
+    assert {r["target"] for r in rows} == {0, 1}
+
+
+def test_eval_command(vector_file, tmp_path, shared_data, capsys):
+    caa_file = next((shared_data / "caa").glob("*.json"))
+    code = main(["eval", "--tasks", "steerlab_quiz", "--behaviour", str(caa_file), "--limit", "6",
+                 "--vector", f"{vector_file}:4", "--window", "all", "--task-folder", str(tmp_path / "tasks"),
+                 "--out", str(tmp_path / "out")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert set(report["results"]) == {"steerlab_quiz", task_name(caa_file)}
+    assert report["steering"]["vectors"][0]["multiplier"] == 4.0
+    assert "steerlab_quiz" in capsys.readouterr().out
+
+
+def test_eval_command_refuses_a_bad_window(vector_file, tmp_path, capsys):
+    assert main(["eval", "--vector", str(vector_file), "--window", "sideways", "--out", str(tmp_path)]) == 2
+    assert "window" in capsys.readouterr().err
