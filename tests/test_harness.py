@@ -90,3 +90,39 @@ def test_eval_command(vector_file, tmp_path, shared_data, capsys):
 def test_eval_command_refuses_a_bad_window(vector_file, tmp_path, capsys):
     assert main(["eval", "--vector", str(vector_file), "--window", "sideways", "--out", str(tmp_path)]) == 2
     assert "window" in capsys.readouterr().err
+
+
+def test_card_on_the_embedded_model(smol, vector_file, tmp_path):
+    from steerlab.evaluate.card import dose_response
+    from steerlab.vector import SteeringVector
+
+    vec = SteeringVector.load(vector_file, smol)
+    card = dose_response(smol, vec, "sentiment", datasets.builtin("sentiment")[-8:], [-12, 12],
+                         tasks=["steerlab_facts_mc"], limit=8, task_folder=tmp_path / "tasks")
+    assert [r.multiplier for r in card.rows] == [-12.0, 0.0, 12.0]  # 0 is always measured
+    base = card.baseline()
+    assert base.kl == pytest.approx(0.0, abs=1e-6)
+    assert all(r.kl > 0.05 and r.perplexity > base.perplexity for r in card.rows if r.multiplier)
+    # a strong vector moves the behaviour in opposite directions at opposite signs
+    assert card.rows[0].p_matching < base.p_matching < card.rows[2].p_matching
+    span = card.within_budget()
+    assert span is not None and span[0] <= 0 <= span[1]
+    folder = card.save(tmp_path / "card")
+    assert (folder / "card.png").stat().st_size > 10_000
+    saved = json.loads((folder / "card.json").read_text())
+    assert saved["within_budget"] == list(span) and len(saved["rows"]) == 3
+    assert "Within the budget" in (folder / "card.md").read_text()
+
+
+def test_within_budget_reads_every_task():
+    from steerlab.evaluate.card import CardRow, DoseResponseCard
+
+    def row(m, a, b):
+        return CardRow(m, 0.5, 0.0, {"x": a, "y": b}, {"x": 0.0, "y": 0.0}, 10.0, 0.0)
+
+    card = DoseResponseCard("m", "v", [8], "b", 10, ["x", "y"], 2.0,
+                            [row(-4, 0.70, 0.80), row(-2, 0.79, 0.80), row(0, 0.80, 0.80), row(2, 0.80, 0.785),
+                             row(4, 0.80, 0.70)])
+    assert card.within_budget() == (-2.0, 2.0)
+    card.budget = 0.5
+    assert card.within_budget() == (0.0, 0.0)

@@ -75,6 +75,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_card(args) -> int:
+    from .. import datasets
+    from ..evaluate.card import dose_response
+    from ..vector import SteeringVector
+
+    lm_eval_or_explain()
+    lm = load_model(args)
+    vector = SteeringVector.load(args.vector, lm)
+    behaviour = datasets.take(datasets.load(args.behaviour), args.behaviour_items or None)
+    card = dose_response(lm, vector, Path(args.vector).stem, behaviour, args.multipliers,
+                         tasks=[t for t in args.tasks.split(",") if t], behaviour_name=str(args.behaviour),
+                         budget=args.budget, limit=args.limit or None, chat_template=args.chat_template,
+                         task_folder=args.task_folder)
+    folder = card.save(args.out)
+    print(card.table())
+    print(f"wrote {folder / 'card.md'}, {folder / 'card.json'}, {folder / 'card.png'}")
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("eval", help="run lm-evaluation-harness tasks on a steered model (in-process)",
                        description="Runs lm-eval tasks with a steerlab model. Offline tasks: steerlab_quiz, "
@@ -93,3 +112,23 @@ def add_parsers(sub) -> None:
     p.add_argument("--task-folder", default=None, help="where the offline task files are written (default: cache)")
     p.add_argument("--out", default="steerlab-out/eval")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("card", help="dose-response card: behaviour and capability at each multiplier",
+                       description="For one vector and a range of multipliers: p(matching) on an A/B behaviour set, "
+                                   "lm-eval task accuracy, perplexity and KL from the unsteered model on neutral "
+                                   "text; writes card.md, card.json and card.png and the multiplier range that "
+                                   "loses at most --budget accuracy points.")
+    add_model_args(p)
+    p.add_argument("--vector", required=True, help="the steering vector file")
+    p.add_argument("--behaviour", required=True, help="A/B behaviour data: a built-in set name or a file")
+    p.add_argument("--behaviour-items", type=int, default=50, help="items of it (balanced by answer letter; 0: all)")
+    p.add_argument("--multipliers", type=lambda t: [float(x) for x in t.split(",")], default=[-8, -4, -2, 0, 2, 4, 8],
+                   help="comma-separated; write --multipliers=-8,-4,0,4,8 (0 is always added)")
+    p.add_argument("--tasks", default="steerlab_quiz,steerlab_facts_mc", help="capability tasks (lm-eval names)")
+    p.add_argument("--budget", type=float, default=2.0, help="accuracy points that may be lost (default 2)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many documents per task")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="chat-format task documents (default: when the model has a chat template)")
+    p.add_argument("--task-folder", default=None, help="where the offline task files are written (default: cache)")
+    p.add_argument("--out", default="steerlab-out/card")
+    p.set_defaults(func=cmd_card)

@@ -103,6 +103,11 @@ class SteerlabLM(TemplateLM):
         bos = self.tokenizer.bos_token_id
         return bos if bos is not None else self.tokenizer.eos_token_id
 
+    def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
+        """lm-eval's ``--apply_chat_template``: the model's own chat template, as text."""
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         return list(self.tokenizer(string, add_special_tokens=bool(add_special_tokens))["input_ids"])
 

@@ -110,3 +110,9 @@ def write_tasks(folder: str | Path | None = None, behaviour_files: Sequence[str 
         _write_jsonl(data, _choice_rows(load(path), str(path)))
         _write_text(folder / f"{name}.yaml", _yaml(name, data, _MC))
     return folder
+
+
+if __name__ == "__main__":  # python -m steerlab.evaluate.tasks [FOLDER] [BEHAVIOUR_FILE ...]
+    import sys
+
+    print(write_tasks(sys.argv[1] if len(sys.argv) > 1 else None, sys.argv[2:]))
