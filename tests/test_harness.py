@@ -97,14 +97,18 @@ def test_card_on_the_embedded_model(smol, vector_file, tmp_path):
     from steerlab.vector import SteeringVector
 
     vec = SteeringVector.load(vector_file, smol)
-    card = dose_response(smol, vec, "sentiment", datasets.builtin("sentiment")[-8:], [-12, 12],
+    items = datasets.to_open_answers(datasets.builtin("sentiment"))[-8:]  # the form this vector was read on
+    card = dose_response(smol, vec, "sentiment", items, [-4, 4],
                          tasks=["steerlab_facts_mc"], limit=8, task_folder=tmp_path / "tasks")
-    assert [r.multiplier for r in card.rows] == [-12.0, 0.0, 12.0]  # 0 is always measured
+    assert [r.multiplier for r in card.rows] == [-4.0, 0.0, 4.0]  # 0 is always measured
     base = card.baseline()
     assert base.kl == pytest.approx(0.0, abs=1e-6)
-    assert all(r.kl > 0.05 and r.perplexity > base.perplexity for r in card.rows if r.multiplier)
-    # a strong vector moves the behaviour in opposite directions at opposite signs
-    assert card.rows[0].p_matching < base.p_matching < card.rows[2].p_matching
+    assert all(r.kl > 0.01 and r.perplexity > base.perplexity for r in card.rows if r.multiplier)
+    # the behaviour column is CAA's p(matching) at each multiplier, as the behaviour scorer gives it
+    from steerlab.evaluate.behavior import answer_logprobs, p_matching
+
+    direct = p_matching(answer_logprobs(smol, items, vec, [-4.0, 0.0, 4.0])).mean(1)
+    assert [r.p_matching for r in card.rows] == pytest.approx(direct.tolist(), abs=1e-5)
     span = card.within_budget()
     assert span is not None and span[0] <= 0 <= span[1]
     folder = card.save(tmp_path / "card")
