@@ -311,11 +311,7 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
-        prompt = req.prompt
-        if isinstance(prompt, str) or not prompt:
-            prompts = [prompt] if isinstance(prompt, str) else []
-        else:
-            prompts = list(prompt)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not prompts:
             raise APIError(400, "prompt is empty.", param="prompt")
         if all(isinstance(t, int) for t in prompts):  # one prompt as token ids
@@ -352,10 +348,7 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
-        vocab_size = len(lm.tokenizer)
-        bad = next((t for t in req.tokens if not 0 <= t < vocab_size), None)
-        if bad is not None:
-            raise APIError(400, f"Token id {bad} is outside the vocabulary (0..{vocab_size - 1}).", param="tokens")
+        validator.token_ids(req.tokens, "tokens")
         return {"prompt": lm.tokenizer.decode(req.tokens)}
 
     @app.get("/v1/models")

@@ -156,11 +156,15 @@ class RequestValidator:
 
     def token_prompt(self, ids: list[int], param: str) -> TokenPrompt:
         """A prompt sent as token ids, checked against the vocabulary."""
-        vocab = len(self.lm.tokenizer)
         if not ids:
             raise APIError(400, "A prompt of token ids is empty.", param=param)
+        self.token_ids(ids, param)
+        return TokenPrompt.of(self.lm.tokenizer, ids)
+
+    def token_ids(self, ids: list[int], param: str) -> None:
+        """Refuse token ids outside the model's vocabulary."""
+        vocab = len(self.lm.tokenizer)
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise APIError(400, f"Token id {bad} is outside {self.lm.name}'s vocabulary (0..{vocab - 1}).",
                            param=param)
-        return TokenPrompt.of(self.lm.tokenizer, ids)
