@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 
-.PHONY: setup demo test lint bench clean setup-vllm test-vllm
+.PHONY: setup demo test lint docs bench clean setup-vllm test-vllm
 
 setup: $(VENV)/.steerlab-installed
 
@@ -49,11 +49,16 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Static checks CI runs: ruff (style, imports, pyupgrade, bugbear, simplify), mypy on src/, the API docs.
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+docs: setup  # the API reference from the docstrings, warnings as errors; the site lands in site/
+	$(BIN)/mkdocs build --strict --quiet
 
 bench: setup  # every benchmark (about 3 hours on 2 CPU cores); writes benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) steerlab-out test-artifacts
+	rm -rf $(VENV) $(VLLM_VENV) steerlab-out test-artifacts site

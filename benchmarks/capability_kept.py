@@ -77,7 +77,7 @@ def main() -> None:
               f"to \"{USER}\"; the first {vec.meta['n_positions']} positions (the steered ones) are left out.", "",
               "| relevance bin | documents | perplexity ratio steered/unsteered |",
               "|---|---:|---:|"]
-    for (lo, hi), r, c in zip(res.bins, res.ratio, res.count):
+    for (lo, hi), r, c in zip(res.bins, res.ratio, res.count, strict=True):
         lines.append(f"| [{lo:.2f}, {min(hi, 1):.2f}) | {c} | {'-' if r is None else f'{r:.3f}'} |")
     plain = capability.next_token_accuracy(lm, user_prompt=USER)
     steered = capability.next_token_accuracy(lm, steering=steering, user_prompt=USER)

@@ -7,6 +7,7 @@ comparisons read). Both carry the machine, the library versions and the git comm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -34,7 +35,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def paired_change(ours: list[float], theirs: list[float]) -> tuple[float, float, float]:
     """Median, min and max over repeats of ``ours[i] / theirs[i] - 1`` (times taken in the same repeat)."""
-    ratios = [a / b - 1 for a, b in zip(ours, theirs)]
+    ratios = [a / b - 1 for a, b in zip(ours, theirs, strict=True)]
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
@@ -73,10 +74,8 @@ def machine() -> dict:
     """CPU, cores, memory, OS, Python, package versions, torch threads and GPU (if any)."""
     versions = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     info = {"cpu": _cpu_model(), "logical_cores": os.cpu_count(), "memory_gib": _memory_gib(),
             "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
             "commit": _commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

@@ -76,8 +76,8 @@ def bench_early_exit(lm, repeats: int) -> list[dict]:
         fast, full = [], []
         capture(lm, texts, layer, batch_size=16)
         for _ in range(repeats):
-            fast.append(timed(lambda: capture(lm, texts, layer, batch_size=16))[0])
-            full.append(timed(lambda: capture(lm, texts, layer, batch_size=16, early_exit=False))[0])
+            fast.append(timed(lambda layer=layer: capture(lm, texts, layer, batch_size=16))[0])
+            full.append(timed(lambda layer=layer: capture(lm, texts, layer, batch_size=16, early_exit=False))[0])
         mf, mu = statistics.median(fast), statistics.median(full)
         rows.append({"layer": layer, "of": lm.num_layers, "early_exit_s": mf, "full_s": mu, "ratio": mf / mu,
                      "expected_about": (layer + 1) / lm.num_layers})
@@ -102,7 +102,7 @@ def main() -> None:
     lines += ["", "## steerlab's own work per decode step (position tracker + one add hook, called directly; "
               "median of 2000 calls)", "", "| batch | tracker (us) | add hook (us) | share of an unsteered step |",
               "|---:|---:|---:|---:|"]
-    for g, k in zip(gen, hooks):
+    for g, k in zip(gen, hooks, strict=True):
         step = g["unsteered_s"] / g["new_tokens"]
         lines.append(f"| {k['batch']} | {k['tracker_us']:.0f} | {k['add_hook_us']:.0f} | "
                      f"{(k['tracker_us'] + k['add_hook_us']) * 1e-6 / step:.2%} |")

@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from common import save_report
 
 import steerlab

@@ -23,7 +23,7 @@ from common import save_report
 
 import steerlab
 from steerlab.capture import capture
-from steerlab.pace import ConceptDictionary, EmbeddingPartitioner, ElasticNet, PaCE, objective, sparse_code
+from steerlab.pace import ConceptDictionary, ElasticNet, EmbeddingPartitioner, PaCE, objective, sparse_code
 from steerlab.pace.evaluation import PROMPTS
 
 

@@ -68,8 +68,8 @@ def bench_extraction(lm, pairs, layers_list, batch_size: int, repeats: int) -> t
     rows = []
     for layers in layers_list:
         ours(layers, batch_size), theirs(layers, batch_size)  # warm-up
-        t_ours = [timed(lambda: ours(layers)) for _ in range(repeats)]
-        t_theirs = [timed(lambda: theirs(layers)) for _ in range(repeats)]
+        t_ours = [timed(lambda layers=layers: ours(layers)) for _ in range(repeats)]
+        t_theirs = [timed(lambda layers=layers: theirs(layers)) for _ in range(repeats)]
         a, b = t_ours[-1][1], t_theirs[-1][1]
         cos = min(_cos(a.layers[k], b.layer_activations[k]) for k in layers)
         s_ours, s_theirs = statistics.median(t for t, _ in t_ours), statistics.median(t for t, _ in t_theirs)

@@ -47,7 +47,7 @@ def main() -> None:
     for d in DATASETS:
         a, b = (json.loads((Path(args.out) / side / f"reliability-{Path(d).stem}.json").read_text())["slopes"]
                 for side in ("local", "ray"))
-        diffs.extend(abs(x - y) for x, y in zip(a, b))
+        diffs.extend(abs(x - y) for x, y in zip(a, b, strict=True))
     same = max(diffs)
     report = {"datasets": len(DATASETS), "limit": args.limit, "in_process_s": local, "ray_2_workers_s": remote,
               "ratio_ray_over_in_process": remote / local, "max_slope_difference": same}

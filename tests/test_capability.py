@@ -19,7 +19,7 @@ def test_relevance_by_hand():
 def test_token_nll_by_hand():
     lm = tiny_model("llama")
     nll = capability.token_nll(lm, TEXTS[:2], skip_first=3)
-    for text, value in zip(TEXTS[:2], nll):
+    for text, value in zip(TEXTS[:2], nll, strict=True):
         ids = lm.tokenizer(text)["input_ids"]
         with torch.no_grad():
             logp = lm.model(torch.tensor([ids])).logits[0].log_softmax(-1)

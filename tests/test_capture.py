@@ -68,7 +68,8 @@ def test_position_specs():
     offsets = [sum(lengths[:i]) for i in range(len(PROMPTS))]
     last = capture(lm, PROMPTS, 2, positions="last")[2]
     assert last.shape == (4, 32)
-    torch.testing.assert_close(last, full[[o + n - 1 for o, n in zip(offsets, lengths)]], atol=1e-5, rtol=1e-5)
+    ends = [o + n - 1 for o, n in zip(offsets, lengths, strict=True)]
+    torch.testing.assert_close(last, full[ends], atol=1e-5, rtol=1e-5)
     first = capture(lm, PROMPTS, 2, positions=0)[2]
     torch.testing.assert_close(first, full[offsets], atol=1e-5, rtol=1e-5)
     per_row = capture(lm, PROMPTS, 2, positions=[0, 1, -1, 2])[2]

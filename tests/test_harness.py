@@ -56,7 +56,7 @@ def test_server_and_in_process_routes_agree(smol, vector_file, tasks):
     for mult in (0, 12):
         assert served[mult]["results"][TASK]["acc,none"] == inproc[mult]["results"][TASK]["acc,none"]
         a, b = per_request(served[mult]), per_request(inproc[mult])
-        assert len(a) == LIMIT and all(x == pytest.approx(y, abs=1e-3) for x, y in zip(a, b))
+        assert len(a) == LIMIT and all(x == pytest.approx(y, abs=1e-3) for x, y in zip(a, b, strict=True))
     # the steering is real: the strong vector costs this task accuracy (1.0 -> 0.75 on the whole set)
     assert inproc[12]["results"][TASK]["acc,none"] < inproc[0]["results"][TASK]["acc,none"]
     assert per_request(inproc[12]) != per_request(inproc[0])

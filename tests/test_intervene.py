@@ -87,7 +87,7 @@ def test_per_row_strength_equals_rows_alone(family):
         iv_rows = iv.scaled(1.0)
         iv_rows.strength = torch.tensor(strengths)
         tokens, together = _cached_run(lm, batch, [iv_rows])
-        for i, (prompt, s) in enumerate(zip(PROMPTS, strengths)):
+        for i, (prompt, s) in enumerate(zip(PROMPTS, strengths, strict=True)):
             alone_batch = lm.prepare([prompt], chat=True)
             _, alone = _cached_run(lm, alone_batch, [iv.scaled(s)])
             torch.testing.assert_close(together[i], alone[0], atol=2e-4, rtol=2e-4, msg=name)
@@ -168,9 +168,9 @@ def test_bad_interventions_are_refused():
         pass
     with pytest.raises(ValueError, match="NaN"):
         add(1, torch.tensor([float("nan")] * 32))
-    with pytest.raises(ValueError, match="needs the prompt batch"):
-        with steer(lm, add(1, torch.ones(32), window=Window.assistant())):
-            pass
+    with pytest.raises(ValueError, match="needs the prompt batch"), \
+            steer(lm, add(1, torch.ones(32), window=Window.assistant())):
+        pass
 
 
 def test_generate_helper_with_vector():
@@ -199,17 +199,16 @@ def test_steer_and_generate_accept_the_same_steering_objects():
                                 pad_token_id=lm.tokenizer.pad_token_id)
     got = lm.tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
     assert [g.strip() for g in got] == [w.strip() for w in want]
-    with pytest.raises(ValueError, match="batch="):
-        with lm.steer(steering):
-            pass
+    with pytest.raises(ValueError, match="batch="), lm.steer(steering):
+        pass
 
 
 def test_per_row_strengths_of_the_wrong_length_are_an_error():
     lm = tiny_model("llama")
     batch = lm.prepare(["a b c", "d e", "f", "g h"], chat=False)
     iv = add(1, torch.ones(lm.hidden_size), strength=torch.tensor([1.0, 2.0]))
-    with pytest.raises(ValueError, match="2 per-row strengths but the batch has 4 prompts"):
-        with lm.steer(iv, batch=batch):
-            pass
+    with pytest.raises(ValueError, match="2 per-row strengths but the batch has 4 prompts"), \
+            lm.steer(iv, batch=batch):
+        pass
     with pytest.raises(ValueError, match="per-row strengths"):
         lm.generate(["a b c", "d e", "f", "g h"], steering=iv, max_new_tokens=2, chat=False)

@@ -6,9 +6,9 @@ import torch
 from tiny import tiny_model
 
 from steerlab.pace import (
+    METHODS,
     ConceptDictionary,
     DictionaryFileError,
-    METHODS,
     ElasticNet,
     OrthogonalProjection,
     PaCE,
@@ -76,8 +76,8 @@ def test_stimulus_masks_cover_exactly_the_concept_tokens():
     lm = tiny_model("llama")
     ids, masks, owner = _stimulus_rows(lm, ["flowers", "dog"], ["I like {w} a lot.", "{w}!"])
     assert owner == [0, 0, 1, 1]
-    for row, mask, word in zip(ids, masks, ["flowers", "flowers", "dog", "dog"]):
-        picked = lm.tokenizer.decode([t for t, m in zip(row, mask) if m])
+    for row, mask, word in zip(ids, masks, ["flowers", "flowers", "dog", "dog"], strict=True):
+        picked = lm.tokenizer.decode([t for t, m in zip(row, mask, strict=True) if m])
         assert picked.strip() == word
 
 
@@ -89,7 +89,7 @@ def test_build_dictionary_equals_a_plain_loop_and_round_trips(tmp_path):
     ids, masks, owner = _stimulus_rows(lm, WORDS, templates)
     ref = {1: torch.zeros(len(WORDS), lm.hidden_size), 2: torch.zeros(len(WORDS), lm.hidden_size)}
     with torch.no_grad():
-        for row, mask, k in zip(ids, masks, owner):
+        for row, mask, k in zip(ids, masks, owner, strict=True):
             out = lm.model(torch.tensor([row]), output_hidden_states=True).hidden_states
             for layer in (1, 2):  # hidden_states[L + 1] is block L's output (not for the last block)
                 ref[layer][k] += out[layer + 1][0][torch.tensor(mask)].mean(0) / len(templates)
@@ -127,7 +127,7 @@ def test_dictionary_file_errors_and_atomic_save(tmp_path):
     # A failing save (a tensor that cannot be written) leaves the old file intact.
     broken = ConceptDictionary(d.concepts, {2: d.atoms[2]}, d.model_name, d.hidden_size,
                                {2: object()})  # type: ignore[dict-item]
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         broken.save(path)
     assert path.read_bytes() == good
     with pytest.raises(ValueError, match="unique"):

@@ -1,7 +1,7 @@
 """The OpenAI-compatible server on the embedded model, driven by the official openai client."""
 
-import dataclasses
 import concurrent.futures as cf
+import dataclasses
 import json
 import time
 
@@ -212,9 +212,13 @@ def test_serve_cli_end_to_end(tmp_path, vectors):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # Output goes to a file (a pipe nobody reads can fill and block the server); on a hang, SIGABRT makes
+    # faulthandler print every thread's stack into it.
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "steerlab.cli", "serve", "--port", str(port), "--vectors",
-                             str(tmp_path / "vectors"), "--api-key", "k"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "STEERLAB_API_KEY": ""})
+                             str(tmp_path / "vectors"), "--api-key", "k"], stdout=log, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "STEERLAB_API_KEY": "", "PYTHONFAULTHANDLER": "1"})
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
@@ -224,7 +228,7 @@ def test_serve_cli_end_to_end(tmp_path, vectors):
                     break
             except httpx.HTTPError:
                 pass
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text()
             time.sleep(0.5)
         client = openai.OpenAI(base_url=url + "/v1", api_key="k")
         plain = chat(client, PROMPTS[0]).choices[0].message.content
@@ -234,7 +238,14 @@ def test_serve_cli_end_to_end(tmp_path, vectors):
             == ["happy"]
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            raise AssertionError("steerlab serve did not stop on Ctrl-C:\n" + log_path.read_text()) from None
+        finally:
+            log.close()
 
 
 def test_serve_cli_refuses_public_bind_without_key():
@@ -401,7 +412,8 @@ def test_a_job_that_breaks_its_batch_fails_alone(smol, vectors):
                     done.set()
         return emit
 
-    def job(name, steering=SteeringSpec()):
+    def job(name, steering=None):
+        steering = steering or SteeringSpec()
         return Job(smol.render("Tell me about your weekend."), steering, 6, False, 1.0, 1.0, 0.0, None, [],
                    emit=sink(name))
 

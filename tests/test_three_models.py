@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 MODELS = ["gemma3-270m", "qwen2.5-coder-0.5b"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name):
     try:
         return steerlab.load_model(name)

@@ -197,7 +197,7 @@ def test_openai_server_steers_and_answers_bad_steering_with_400(vectors_dir, tmp
 
     port = _free_port()
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1")
-    log = open(tmp_path / "server.log", "w")
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (the server process writes it until the test ends)
     server = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir(), "--port", str(port),
          "--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--served-model-name", "smol",

@@ -60,7 +60,7 @@ def test_generated_logprobs_equal_the_models_own(smol, vectors, client, steering
     assert "".join(lp.tokens) == r.choices[0].text and len(lp.tokens) == 6
     ids = smol.tokenizer(PROMPT)["input_ids"]
     n_prompt = len(ids)
-    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
         row = reference_logprobs(smol, vectors, ids, steering, n_prompt - 1)[-1]  # greedy: re-derive each token
         tok = int(row.argmax())
         assert token == token_string(smol.tokenizer, tok)

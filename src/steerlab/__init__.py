@@ -3,11 +3,11 @@
 __version__ = "0.1.0"
 
 from .capture import capture
+from .errors import SteerlabError
 from .intervene import HookContext, Intervention, Window, add, apply_fn, clamp, project_out
 from .model import SteerModel, load_model
 from .sources import ModelNotFoundError
 from .steering import Scaled, as_steering, steer
-from .errors import SteerlabError
 from .vector import SteeringVector, VectorFileError
 
 __all__ = [

@@ -7,6 +7,9 @@ number of layers).
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 from .errors import InputError
@@ -65,9 +68,8 @@ def find_blocks(model: nn.Module, path: str | None = None) -> tuple[nn.ModuleLis
     expected = _configured_layer_count(model)
     for candidate in KNOWN_BLOCK_PATHS:
         blocks = _get_path(model, candidate)
-        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-            if expected is None or len(blocks) == expected:
-                return blocks, candidate
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0 and expected in (None, len(blocks)):
+            return blocks, candidate
     # Heuristic: the longest ModuleList, preferring one whose length matches the config.
     best: tuple[int, str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
@@ -81,3 +83,33 @@ def find_blocks(model: nn.Module, path: str | None = None) -> tuple[nn.ModuleLis
             "Pass blocks_path='dotted.path.to.layers' to load_model()."
         )
     return best[2], best[1]
+
+
+# ----------------------------------------------------------------- reading and replacing block I/O
+# Decoder blocks return either the hidden states alone or a tuple (hidden, extras...) depending on
+# the family and the transformers version; their input arrives positionally or as ``hidden_states=``.
+# Every hook in the package reads and writes block I/O through these four functions.
+
+def output_hidden(output: Any) -> torch.Tensor:
+    """The hidden states in a block's output."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def replace_output_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """``output`` with its hidden states replaced, in the same container type."""
+    if isinstance(output, torch.Tensor):
+        return hidden
+    rest = tuple(output[1:])
+    return (hidden, *rest) if isinstance(output, tuple) else type(output)((hidden, *rest))
+
+
+def input_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a block was called with (pre-hook ``with_kwargs=True`` arguments)."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def replace_input_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """Pre-hook arguments with the block's input hidden states replaced."""
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}

@@ -4,16 +4,21 @@ and keeping only the selected positions (never every position of every layer).""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from .blocks import input_hidden, output_hidden
 from .errors import InputError, OutOfRangeError
-from .tokens import PromptBatch, Rendered, pad_ids, tokenize_with_offsets
+from .intervene import Site
+from .progress import progress_bar
+from .tokens import PaddingSide, PromptBatch, Rendered, pad_ids, tokenize_with_offsets
 
-PositionSpec = Union[str, int, Sequence[int], torch.Tensor, Sequence[Sequence[bool]]]
+if TYPE_CHECKING:
+    from .model import SteerModel
+
+PositionSpec = str | int | Sequence[int] | torch.Tensor | Sequence[Sequence[bool]]
 
 
 class _StopForward(Exception):
@@ -23,7 +28,7 @@ class _StopForward(Exception):
 def _select(spec: PositionSpec, lengths: torch.Tensor, rows: torch.Tensor) -> list[list[int]]:
     """Real-token positions to keep for each row of a chunk (``rows``: indices into the full input)."""
     out = []
-    for r, n in zip(rows.tolist(), lengths.tolist()):
+    for r, n in zip(rows.tolist(), lengths.tolist(), strict=True):
         if isinstance(spec, str):
             if spec == "last":
                 out.append([n - 1])
@@ -37,7 +42,7 @@ def _select(spec: PositionSpec, lengths: torch.Tensor, rows: torch.Tensor) -> li
                 raise OutOfRangeError(f"Position {spec} is outside row {r}, which has {n} tokens.")
             out.append([p])
         else:
-            item = spec[r]
+            item: Any = spec[r]
             if isinstance(item, torch.Tensor):
                 item = item.tolist()
             if isinstance(item, (list, tuple)):  # a boolean mask over the row's positions
@@ -46,14 +51,14 @@ def _select(spec: PositionSpec, lengths: torch.Tensor, rows: torch.Tensor) -> li
                     raise OutOfRangeError(f"The mask for row {r} selects positions past its {n} tokens.")
                 out.append(picked)
             else:
-                p = int(item) if item >= 0 else n + int(item)
+                p = int(item) if int(item) >= 0 else n + int(item)
                 if not 0 <= p < n:
                     raise OutOfRangeError(f"Position {item} is outside row {r}, which has {n} tokens.")
                 out.append([p])
     return out
 
 
-def _token_rows(lm, inputs, chat: bool) -> list[list[int]]:
+def _token_rows(lm: SteerModel, inputs, chat: bool) -> list[list[int]]:
     """Each input's real (unpadded) token ids."""
     if isinstance(inputs, PromptBatch):
         return [inputs.input_ids[i][inputs.attention_mask[i].bool()].tolist() for i in range(len(inputs))]
@@ -61,13 +66,14 @@ def _token_rows(lm, inputs, chat: bool) -> list[list[int]]:
         inputs = [inputs]
     if len(inputs) == 0:
         raise InputError("capture() was given no inputs.")
-    if isinstance(inputs[0], (list, tuple)) or isinstance(inputs[0], torch.Tensor):
+    if isinstance(inputs[0], (list, tuple, torch.Tensor)):
         return [list(map(int, r)) for r in inputs]
     rendered = [r if isinstance(r, Rendered) else lm.render(r, chat=chat) for r in inputs]
     return [tokenize_with_offsets(lm.tokenizer, r.text)[0] for r in rendered]
 
 
-def _forward_reading(lm, layers: list[int], site: str, model_inputs: dict, rows: torch.Tensor, cols: torch.Tensor,
+def _forward_reading(lm: SteerModel, layers: list[int], site: Site, model_inputs: dict, rows: torch.Tensor,
+                     cols: torch.Tensor,
                      early_exit: bool, out_dtype: torch.dtype) -> dict[int, torch.Tensor]:
     """One forward pass of ``lm.model(**model_inputs)``; returns ``{layer: hidden[rows, cols]}`` on
     the CPU, ending the pass after the deepest layer when ``early_exit``."""
@@ -84,10 +90,10 @@ def _forward_reading(lm, layers: list[int], site: str, model_inputs: dict, rows:
         block = lm.blocks[layer]
         if site == "output":
             handles.append(block.register_forward_hook(
-                lambda m, a, o, layer=layer: grab(layer, o if isinstance(o, torch.Tensor) else o[0])))
+                lambda m, a, o, layer=layer: grab(layer, output_hidden(o))))
         else:
             handles.append(block.register_forward_pre_hook(
-                lambda m, a, k, layer=layer: grab(layer, a[0] if a else k["hidden_states"]), with_kwargs=True))
+                lambda m, a, k, layer=layer: grab(layer, input_hidden(a, k)), with_kwargs=True))
     try:
         lm.model(**model_inputs)
     except _StopForward:
@@ -105,9 +111,9 @@ def capture(
     layers: int | Sequence[int],
     *,
     positions: PositionSpec = "last",
-    site: str = "output",
+    site: Site = "output",
     batch_size: int = 16,
-    padding_side: str = "left",
+    padding_side: PaddingSide = "left",
     chat: bool = False,
     early_exit: bool = True,
     sort_by_length: bool = True,
@@ -134,8 +140,7 @@ def capture(
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i])) if sort_by_length else list(range(len(rows)))
     results: dict[int, list[tuple[int, torch.Tensor]]] = {layer: [] for layer in layer_list}
     chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    show = progress if progress is not None else len(chunks) > 4
-    for chunk in tqdm(chunks, desc="capture", disable=not show, leave=False):
+    for chunk in progress_bar(chunks, "capture", progress=progress):
         ids, mask = pad_ids([rows[i] for i in chunk], lm.tokenizer.pad_token_id, padding_side, lm.device)
         lengths = mask.sum(-1).cpu()
         keep = _select(positions, lengths, torch.tensor(chunk))
@@ -174,7 +179,8 @@ def shared_prefix_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 
 @torch.no_grad()
-def capture_contrast(lm, first: Sequence[Sequence[int]], second: Sequence[Sequence[int]], read_first: Sequence[int],
+def capture_contrast(lm: SteerModel, first: Sequence[Sequence[int]], second: Sequence[Sequence[int]],
+                     read_first: Sequence[int],
                      read_second: Sequence[int], layers: int | Sequence[int], *, batch_size: int = 16,
                      out_dtype: torch.dtype = torch.float32, progress: bool | None = None
                      ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
@@ -194,11 +200,15 @@ def capture_contrast(lm, first: Sequence[Sequence[int]], second: Sequence[Sequen
         raise InputError("capture_contrast needs the same positive number of sequences and of read positions "
                          "on each side.")
     for side, rows, reads in (("first", first, read_first), ("second", second, read_second)):
-        for i, (row, r) in enumerate(zip(rows, reads)):
+        for i, (row, r) in enumerate(zip(rows, reads, strict=True)):
             if not 0 <= r < len(row):
                 raise OutOfRangeError(f"Read position {r} is outside {side} sequence {i}, which has {len(row)} tokens.")
-    shared = [shared_prefix_length(a, b, min(ra, rb)) for a, b, ra, rb in zip(first, second, read_first, read_second)]
-    out = tuple({k: torch.empty(n, lm.hidden_size, dtype=out_dtype) for k in layer_list} for _ in range(2))
+    shared = [shared_prefix_length(a, b, min(ra, rb))
+              for a, b, ra, rb in zip(first, second, read_first, read_second, strict=True)]
+    def empty() -> dict[int, torch.Tensor]:
+        return {k: torch.empty(n, lm.hidden_size, dtype=out_dtype) for k in layer_list}
+
+    out = (empty(), empty())
     alone = [i for i in range(n) if shared[i] == 0]
     if alone:
         acts = capture(lm, [first[i] for i in alone] + [second[i] for i in alone], layer_list,
@@ -208,9 +218,8 @@ def capture_contrast(lm, first: Sequence[Sequence[int]], second: Sequence[Sequen
             out[0][k][alone], out[1][k][alone] = v[: len(alone)], v[len(alone):]
     order = sorted((i for i in range(n) if shared[i] > 0), key=lambda i: -shared[i])
     chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    show = progress if progress is not None else len(chunks) > 4
     pad = lm.tokenizer.pad_token_id
-    for chunk in tqdm(chunks, desc="capture", disable=not show, leave=False):
+    for chunk in progress_bar(chunks, "capture", progress=progress):
         ids, mask = pad_ids([first[i][: shared[i]] for i in chunk], pad, "left", lm.device)
         cache = DynamicCache(config=lm.model.config)
         inputs = lm.forward_inputs(ids, mask)

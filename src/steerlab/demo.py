@@ -6,9 +6,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from statistics import mean, stdev
+from typing import TYPE_CHECKING, Any
 
 from .evaluate.text_scores import vader_scores
 from .steering import Scaled
+
+if TYPE_CHECKING:
+    from .model import SteerModel
 
 NEUTRAL_PROMPTS = [
     "I went up to my friend and said",
@@ -24,7 +28,7 @@ NEUTRAL_PROMPTS = [
 # or later layers degrade the text in both directions.
 CAA_LAYER = 8
 CAA_MULTIPLIERS = (-4.0, -2.0, 0.0, 2.0, 4.0)
-ACTADD = dict(positive="Love", negative="Hate", layer=10, coeff=5.0)
+ACTADD: dict[str, Any] = dict(positive="Love", negative="Hate", layer=10, coeff=5.0)
 SAMPLING = dict(do_sample=True, temperature=1.0, top_p=0.3, frequency_penalty=1.0, max_new_tokens=40)
 
 
@@ -98,7 +102,7 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _report(lm, results, prompts, vec_aa, vec_caa, caa_layer, resid_norm, seconds, quick) -> str:
+def _report(lm: SteerModel, results, prompts, vec_aa, vec_caa, caa_layer, resid_norm, seconds, quick) -> str:
     lines = [
         "# steerlab demo report", "",
         f"Model: `{lm.name}` ({lm.num_layers} blocks, d={lm.hidden_size}). {len(prompts)} sampled completions per "

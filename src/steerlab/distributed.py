@@ -17,12 +17,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
+from .progress import progress_bar
 from .safefile import atomic_write
+
+if TYPE_CHECKING:
+    from .model import SteerModel
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class ModelSpec:
         return load_model(self.name, dtype=self.dtype, device=self.device)
 
 
-def spec_of(lm) -> ModelSpec:
+def spec_of(lm: SteerModel) -> ModelSpec:
     """A spec that reloads ``lm`` (its built-in name, hub id or path, and its dtype) on a worker."""
     return ModelSpec(lm.name, dtype=str(lm.dtype).removeprefix("torch."), device="auto")
 
@@ -61,7 +64,7 @@ class _Worker:
         return fn(self.lm, task)
 
 
-def _result_types() -> list[type]:
+def _result_types() -> list[Any]:
     """The classes a finished task may hold; nothing else is rebuilt from a task file."""
     from .evaluate.generalisation import GeneralisationReport
     from .evaluate.reliability import ReliabilityReport
@@ -110,7 +113,7 @@ def map_tasks(fn: Callable[[Any, Any], Any], tasks: Sequence[Any], *, model, ray
             on_result(i, value)
 
     todo = [i for i in range(len(tasks)) if not done[i]]
-    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=desc, disable=len(tasks) < 2)
+    bar = progress_bar([], desc, total=len(tasks), initial=len(tasks) - len(todo), leave=True)
     if ray is None:
         lm = model.load() if isinstance(model, ModelSpec) else model
         for i in todo:
@@ -141,7 +144,7 @@ def _run_on_ray(fn, tasks, todo, model, address, workers, retries, finish, bar) 
         else:
             ray.init(address=address, log_to_driver=False)
     threads = max(1, int(ray.cluster_resources().get("CPU", workers)) // workers)
-    Worker = ray.remote(num_cpus=1)(_Worker)
+    Worker: Any = ray.remote(num_cpus=1)(_Worker)
     actors = [Worker.remote(model, threads) for _ in range(min(workers, max(1, len(todo))))]
     queue = [(i, 0) for i in todo]
     running: dict = {}
@@ -176,7 +179,7 @@ def _retry(queue, i, attempt, retries, tasks, err=None) -> None:
     queue.append((i, attempt + 1))
 
 
-def layer_sweep_tasks(lm, train, test, layers, multipliers=(-1.0, 1.0), *, ray: str | None = None,
+def layer_sweep_tasks(lm: SteerModel, train, test, layers, multipliers=(-1.0, 1.0), *, ray: str | None = None,
                       workers: int = 2, model_spec: ModelSpec | None = None,
                       resume_dir: str | os.PathLike | None = None, **options):
     """:func:`steerlab.evaluate.sweep.layer_sweep` with its layers split into blocks that run as tasks:
@@ -191,7 +194,7 @@ def layer_sweep_tasks(lm, train, test, layers, multipliers=(-1.0, 1.0), *, ray: 
     return merge_sweeps(parts)
 
 
-def build_dictionary_tasks(lm, concepts, layers, *, ray: str | None = "local", workers: int = 2,
+def build_dictionary_tasks(lm: SteerModel, concepts, layers, *, ray: str | None = "local", workers: int = 2,
                            model_spec: ModelSpec | None = None, resume_dir=None, **options):
     """:func:`steerlab.pace.build_dictionary` with its concept shards run as tasks: on Ray workers when
     ``ray`` is set (each loads ``model_spec``, default ``lm``'s name and dtype), and kept in

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .intervene import Intervention, Window, apply_interventions
+from .progress import progress_bar
 from .steering import as_steering
+
+if TYPE_CHECKING:
+    from .model import SteerModel
 
 
 class FrequencyPenalty:
@@ -19,7 +23,7 @@ class FrequencyPenalty:
         self.penalty = penalty
         self.prompt_width = prompt_width
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         generated = input_ids[:, self.prompt_width:]
         if generated.shape[1] == 0 or self.penalty == 0:
             return scores
@@ -41,7 +45,8 @@ def _slice_intervention(iv: Intervention, sl: slice, n_total: int) -> Interventi
 
 
 @torch.no_grad()
-def generate_ids(lm, batch, interventions: Sequence[Intervention], *, max_new_tokens: int, do_sample: bool = False,
+def generate_ids(lm: SteerModel, batch, interventions: Sequence[Intervention], *, max_new_tokens: int,
+                 do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, frequency_penalty: float = 0.0,
                  streamer=None, stopping_criteria: Sequence | None = None) -> torch.Tensor:
     """New token ids ``[B, new]`` for one prepared batch under ``interventions`` (already resolved for
@@ -63,8 +68,9 @@ def generate_ids(lm, batch, interventions: Sequence[Intervention], *, max_new_to
         from transformers import StoppingCriteriaList
 
         kwargs["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
+    model: Any = lm.model  # a causal LM class, which has generate() (PreTrainedModel alone does not)
     with apply_interventions(lm, interventions, batch=batch):
-        out = lm.model.generate(**batch.model_inputs(), **kwargs)
+        out = model.generate(**batch.model_inputs(), **kwargs)
     return out[:, width:]
 
 
@@ -96,8 +102,7 @@ def generate(
         torch.manual_seed(seed)
     outputs: list[str] = []
     starts = range(0, len(prompts), batch_size)
-    show = progress if progress is not None else len(starts) > 2
-    for start in tqdm(starts, desc="generate", disable=not show, leave=False):
+    for start in progress_bar(starts, "generate", progress=progress):
         sl = slice(start, start + batch_size)
         batch = lm.prepare(prompts[sl], chat=chat, system=system, padding_side="left")
         batch = steering.transform_batch(lm, batch)

@@ -13,12 +13,12 @@ Note llama.cpp adds the vector at *every* position, i.e. ``apply="all"``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .safefile import atomic_write
 from .vector import SteeringVector, VectorFileError
 
 
@@ -40,10 +40,8 @@ def export_control_vector(vector: SteeringVector, path: str | os.PathLike, model
                 f"({vector.site}). Extract it at a later layer."
             )
         directions[index] = t.detach().to("cpu", torch.float32).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, "controlvector")
         writer.add_string("controlvector.model_hint", model_hint or vector.meta.get("model_type", vector.model_name))
         writer.add_uint32("controlvector.layer_count", len(directions))
@@ -53,11 +51,8 @@ def export_control_vector(vector: SteeringVector, path: str | os.PathLike, model
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return atomic_write(path, write)
 
 
 def load_control_vector(path: str | os.PathLike, model=None) -> SteeringVector:

@@ -20,16 +20,22 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Union
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import nn
 
+from .blocks import input_hidden, output_hidden, replace_input_hidden, replace_output_hidden
 from .errors import InputError
 
-Rows = Union[int, float, Sequence[int], Sequence[float], torch.Tensor]
-SITES = ("output", "input")
-KINDS = ("add", "project_out", "clamp", "function")
+if TYPE_CHECKING:
+    from .model import SteerModel
+
+Rows = int | float | Sequence[int] | Sequence[float] | torch.Tensor
+Site = Literal["output", "input"]  # a block's output (residual stream after it) or its input
+Kind = Literal["add", "project_out", "clamp", "function"]
+SITES: tuple[Site, ...] = get_args(Site)
+KINDS: tuple[Kind, ...] = get_args(Kind)
 SYMBOLIC_STARTS = ("assistant", "generated", "user")
 
 
@@ -57,7 +63,7 @@ class Window:
         return cls(start, end)
 
     @classmethod
-    def onward(cls, start: Rows | str) -> Window:
+    def onward(cls, start: int | str | Sequence[int] | torch.Tensor) -> Window:
         return cls(start, None)
 
     @classmethod
@@ -82,9 +88,9 @@ class HookContext:
 @dataclass
 class Intervention:
     layer: int
-    kind: str = "add"
+    kind: Kind = "add"
     vector: torch.Tensor | None = None  # [d], or [n, d] for one vector per position (add only)
-    site: str = "output"
+    site: Site = "output"
     window: Window = field(default_factory=Window.all)
     strength: Rows = 1.0
     value: float = 0.0  # clamp target for the projection
@@ -125,25 +131,25 @@ def _scale_rows(strength: Rows, factor: float) -> Rows:
 
 
 def add(layer: int, vector: torch.Tensor, *, strength: Rows = 1.0, window: Window | None = None,
-        site: str = "output") -> Intervention:
+        site: Site = "output") -> Intervention:
     """``h += strength * vector`` (``vector`` [d], or [n, d]: row ``i`` goes to window position ``start+i``)."""
     return Intervention(layer, "add", vector, site, window or Window.all(), strength)
 
 
 def project_out(layer: int, direction: torch.Tensor, *, strength: Rows = 1.0, window: Window | None = None,
-                site: str = "output") -> Intervention:
+                site: Site = "output") -> Intervention:
     """``h -= strength * (h . u) u`` for the unit direction ``u`` (strength 1 = full ablation)."""
     return Intervention(layer, "project_out", direction, site, window or Window.all(), strength)
 
 
 def clamp(layer: int, direction: torch.Tensor, value: float, *, strength: Rows = 1.0,
-          window: Window | None = None, site: str = "output") -> Intervention:
+          window: Window | None = None, site: Site = "output") -> Intervention:
     """Set the projection on unit ``u`` to ``value``: ``h += strength * (value - h . u) u``."""
     return Intervention(layer, "clamp", direction, site, window or Window.all(), strength, value)
 
 
 def apply_fn(layer: int, fn: Callable[[torch.Tensor, HookContext], torch.Tensor], *, strength: Rows = 1.0,
-             window: Window | None = None, site: str = "output") -> Intervention:
+             window: Window | None = None, site: Site = "output") -> Intervention:
     """Call ``fn(hidden [B,T,d], ctx) -> hidden``; only positions inside the window are replaced."""
     return Intervention(layer, "function", None, site, window or Window.all(), strength, fn=fn)
 
@@ -254,18 +260,21 @@ class _Resolved:
     def vector(self, like: torch.Tensor) -> torch.Tensor:
         key = (like.device, like.dtype)
         if key not in self._vec_cache:
+            assert self.iv.vector is not None  # only "function" interventions have none, and they never ask
             self._vec_cache[key] = self.iv.vector.to(device=like.device, dtype=like.dtype)
         return self._vec_cache[key]
 
     def apply(self, h: torch.Tensor, state: _ForwardState) -> torch.Tensor:
         if state.positions is None:
             raise RuntimeError("steerlab: a block ran before the position tracker; call the model, not a block.")
+        assert state.valid is not None  # set together with positions
         batch, cur = h.shape[0], h.shape[1]
         pos, valid = state.positions.to(h.device), state.valid.to(h.device)
         if pos.shape != (batch, cur):
             raise RuntimeError(
                 f"steerlab: hidden states {tuple(h.shape[:2])} do not match positions {tuple(pos.shape)}.")
         if isinstance(self.start, str):  # "generated"
+            assert state.prompt_lengths is not None  # set on the first (prompt) pass of a generation
             start = state.prompt_lengths.to(h.device)
         else:
             start = _per_row(self.start, batch, h.device, torch.long)
@@ -275,6 +284,7 @@ class _Resolved:
         iv = self.iv
         strength = _per_row(iv.strength, batch, h.device, h.dtype)
         if iv.kind == "function":
+            assert iv.fn is not None  # Intervention checks that a "function" intervention has one
             out = iv.fn(h, HookContext(self.layer, pos, sel, strength))
             return torch.where(sel[..., None], out, h)
         vec = self.vector(h)
@@ -292,20 +302,9 @@ class _Resolved:
         return h + weight * delta
 
 
-def _split_output(output):
-    if isinstance(output, torch.Tensor):
-        return output, None
-    return output[0], output
-
-
-def _join_output(hidden, original):
-    if original is None:
-        return hidden
-    return (hidden, *original[1:]) if isinstance(original, tuple) else type(original)((hidden, *original[1:]))
-
-
 @contextmanager
-def apply_interventions(lm, interventions: Sequence[Intervention], batch=None) -> Iterator[list[Intervention]]:
+def apply_interventions(lm: SteerModel, interventions: Sequence[Intervention],
+                        batch=None) -> Iterator[list[Intervention]]:
     """Hook ``interventions`` into every forward pass of ``lm`` inside the ``with`` block (removed on
     exit). This is the one mechanism underneath; callers normally use :func:`steerlab.steer`, which
     also takes vectors, ActAdd, PaCE and lists. ``batch``: the
@@ -328,7 +327,7 @@ def apply_interventions(lm, interventions: Sequence[Intervention], batch=None) -
     state = _ForwardState()
     handles = []
     try:
-        by_site: dict[tuple[int, str], list[_Resolved]] = {}
+        by_site: dict[tuple[int, Site], list[_Resolved]] = {}
         for iv in flat:
             layer = lm.check_layer(iv.layer)
             if iv.vector is not None and iv.vector.shape[-1] != lm.hidden_size:
@@ -338,6 +337,7 @@ def apply_interventions(lm, interventions: Sequence[Intervention], batch=None) -
                 )
             by_site.setdefault((layer, iv.site), []).append(_Resolved(iv, layer, batch))
         if by_site:
+            assert lm.blocks_path is not None  # found when the SteerModel was made
             handles.append(install_position_tracker(lm.model, lm.blocks_path, state, owner))
         for (layer, site), resolved in by_site.items():
             handles.append(_install_block_hook(lm.blocks[layer], site, resolved, state, owner))
@@ -347,7 +347,7 @@ def apply_interventions(lm, interventions: Sequence[Intervention], batch=None) -
             handle.remove()
 
 
-def _install_block_hook(block: nn.Module, site: str, resolved: list[_Resolved], state: _ForwardState,
+def _install_block_hook(block: nn.Module, site: Site, resolved: list[_Resolved], state: _ForwardState,
                         owner: int):
     def run(h):
         for r in resolved:
@@ -358,18 +358,13 @@ def _install_block_hook(block: nn.Module, site: str, resolved: list[_Resolved], 
         def hook(module, args, output):
             if threading.get_ident() != owner:
                 return None
-            hidden, original = _split_output(output)
-            return _join_output(run(hidden), original)
+            return replace_output_hidden(output, run(output_hidden(output)))
 
         return block.register_forward_hook(hook)
 
     def pre_hook(module, args, kwargs):
         if threading.get_ident() != owner:
             return None
-        if args:
-            return (run(args[0]), *args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = run(kwargs["hidden_states"])
-        return args, kwargs
+        return replace_input_hidden(args, kwargs, run(input_hidden(args, kwargs)))
 
     return block.register_forward_pre_hook(pre_hook, with_kwargs=True)

@@ -9,16 +9,20 @@ before temperature, top-p and penalties (what vLLM reports by default).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .intervene import Intervention, apply_interventions
 from .tokens import PromptBatch
+
+if TYPE_CHECKING:
+    from .model import SteerModel
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,10 @@ def entries(logp: torch.Tensor, tokens: torch.Tensor, top_k: int) -> list[TokenL
     chosen = logp.gather(-1, tokens[:, None].to(logp.device))[:, 0].tolist()
     if top_k > 0:
         values, ids = logp.topk(min(top_k, logp.shape[-1]), -1)
-        tops = [tuple(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+        tops = [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
     else:
         tops = [()] * len(chosen)
-    return [TokenLogprob(int(t), float(c), top) for t, c, top in zip(tokens.tolist(), chosen, tops)]
+    return [TokenLogprob(int(t), float(c), top) for t, c, top in zip(tokens.tolist(), chosen, tops, strict=True)]
 
 
 def real_columns(batch: PromptBatch, row: int) -> slice:
@@ -48,7 +52,7 @@ def real_columns(batch: PromptBatch, row: int) -> slice:
 
 
 @torch.no_grad()
-def prompt_logprobs(lm: Any, batch: PromptBatch, interventions: Sequence[Intervention] = (),
+def prompt_logprobs(lm: SteerModel, batch: PromptBatch, interventions: Sequence[Intervention] = (),
                     top_k: int = 0) -> list[list[TokenLogprob | None]]:
     """Per row: ``None`` for its first token (nothing predicts it), then each next token's
     log-probability given the tokens before it, with ``interventions`` applied (resolved for this
@@ -67,7 +71,7 @@ class LogitTap:
     """Records the output layer's last-position logits at each forward pass inside ``with``: during
     cached decoding that is the distribution each new token was drawn from."""
 
-    def __init__(self, lm: Any) -> None:
+    def __init__(self, lm: SteerModel) -> None:
         self.head = lm.model.get_output_embeddings()
         self.last: torch.Tensor | None = None
         self._handle = None
@@ -130,10 +134,8 @@ def _byte_level(tokenizer: Any) -> bool:
     if known is None:
         pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(" the", add_special_tokens=False))
         known = any("\u0120" in str(p) for p in pieces)
-        try:
+        with contextlib.suppress(AttributeError):  # a tokenizer that takes no new attributes
             tokenizer._steerlab_byte_level = known
-        except AttributeError:
-            pass
     return known
 
 

@@ -3,6 +3,7 @@ into one :class:`SteerModel` that knows its blocks, hidden size and chat format.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -12,10 +13,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from .blocks import find_blocks
 from .errors import InputError, LayerError, UnknownNameError
@@ -27,7 +29,16 @@ from .sources import (
     dequantised_cache_path,
     resolve_builtin,
 )
-from .tokens import PromptBatch, Rendered, TokenPrompt, encode_texts, render_prompt
+from .tokens import (
+    Answered,
+    PaddingSide,
+    PromptBatch,
+    Rendered,
+    TokenPrompt,
+    encode_texts,
+    render_answered,
+    render_prompt,
+)
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -66,7 +77,7 @@ class SteerModel:
     ``model`` and ``tokenizer`` are the ordinary Hugging Face objects and can be used directly.
     """
 
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: Any
     name: str = "model"
     blocks_path: str | None = None
@@ -90,7 +101,8 @@ class SteerModel:
             value = getattr(self.config, key, None)
             if isinstance(value, int):
                 return value
-        return self.model.get_input_embeddings().embedding_dim
+        dim: Any = self.model.get_input_embeddings().embedding_dim
+        return int(dim)
 
     @property
     def num_layers(self) -> int:
@@ -103,7 +115,9 @@ class SteerModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return weight.dtype
 
     @property
     def has_chat_template(self) -> bool:
@@ -136,19 +150,23 @@ class SteerModel:
         return render_prompt(self.tokenizer, prompt, chat=chat, system=system,
                              assistant_prefix=assistant_prefix)
 
+    def render_answer(self, prompt: str, answer: str, *, chat: bool = True, system: str | None = None) -> Answered:
+        """``prompt`` with ``answer`` opening the assistant turn, tokenized, the answer's tokens located."""
+        return render_answered(self.tokenizer, prompt, answer, chat=chat, system=system)
+
     def prepare(self, prompts: Sequence[str | Rendered | TokenPrompt], *, chat: bool = True,
-                system: str | None = None, padding_side: str = "left") -> PromptBatch:
+                system: str | None = None, padding_side: PaddingSide = "left") -> PromptBatch:
         """Tokenize prompts into a padded batch that knows where each assistant turn starts
         (:class:`~steerlab.tokens.TokenPrompt` rows are token ids, taken as they are)."""
         rendered = [p if isinstance(p, (Rendered, TokenPrompt)) else self.render(p, chat=chat, system=system)
                     for p in prompts]
         return encode_texts(self.tokenizer, rendered, padding_side=padding_side, device=self.device)
 
-    def forward_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         """Keyword arguments for one uncached forward pass over a padded batch, with position ids
         counted over real tokens (models with absolute positions, e.g. GPT-2, need them under
         left padding)."""
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
         if self._accepts_position_ids:
             inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         return inputs
@@ -184,9 +202,9 @@ class SteerModel:
 
 
 def _execution_device(module: nn.Module, model: nn.Module) -> torch.device:
-    hook = getattr(module, "_hf_hook", None)
-    if getattr(hook, "execution_device", None) is not None:
-        return torch.device(hook.execution_device)
+    hooked = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if hooked is not None:
+        return torch.device(hooked)
     for p in module.parameters():
         if p.device.type != "meta":
             return p.device
@@ -200,13 +218,11 @@ def _clear_gguf_quantizer(model: nn.Module) -> None:
     """A GGUF-loaded model holds dequantised weights but still carries its quantizer, which stops
     ``save_pretrained``; drop both so the plain copy can be written."""
     if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
     for attr in ("is_quantized", "quantization_method"):
         if attr in vars(model):
-            try:
+            with contextlib.suppress(AttributeError):
                 delattr(model, attr)
-            except AttributeError:
-                pass
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 
@@ -289,8 +305,9 @@ def load_model(
     if isinstance(name_or_path, nn.Module):
         if tokenizer is None:
             raise InputError("load_model(model_object) also needs tokenizer=...")
-        return SteerModel(name_or_path, tokenizer, name=getattr(name_or_path.config, "_name_or_path", "model")
-                          or "model", blocks_path=blocks_path)
+        # Any module with the Hugging Face causal-LM interface (config, get_input_embeddings, generate).
+        name = getattr(name_or_path.config, "_name_or_path", "model") or "model"
+        return SteerModel(cast(PreTrainedModel, name_or_path), tokenizer, name=name, blocks_path=blocks_path)
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     kwargs = dict(hf_kwargs)
     kwargs["dtype"] = torch_dtype

@@ -97,7 +97,7 @@ def mmap_tensors(path: str | os.PathLike, names=None) -> dict[str, torch.Tensor]
     size = os.path.getsize(path)
     out = {}
     spans = sorted((tuple(e["data_offsets"]), n) for n, e in header.items() if n != "__metadata__")
-    for (prev, prev_name), (cur, name) in zip(spans, spans[1:]):
+    for (prev, prev_name), (cur, name) in zip(spans, spans[1:], strict=False):
         if cur[0] < prev[1]:  # two tensors reading the same bytes: a forged or corrupt header
             raise InputError(f"tensors {prev_name!r} and {name!r} overlap in the file")
     for name, entry in header.items():

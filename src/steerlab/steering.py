@@ -5,7 +5,7 @@ A *steering object* turns one prompt batch into interventions::
 
     class Steering(Protocol):
         needs_batch: bool                                         # for_batch must see the batch
-        def transform_batch(self, lm, batch) -> PromptBatch: ...  # may reshape it (ActAdd pad mode)
+        def transform_batch(self, lm: SteerModel, batch) -> PromptBatch: ...  # may reshape it (ActAdd pad mode)
         def for_batch(self, batch) -> list[Intervention]: ...
 
 :func:`as_steering` normalises anything steerable into one such object: an
@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .errors import InputError
 from .intervene import Intervention, Rows, Window, apply_interventions
 from .vector import SteeringVector
 
 if TYPE_CHECKING:
+    from .model import SteerModel
     from .tokens import PromptBatch
 
 __all__ = ["Combined", "Fixed", "Scaled", "Steering", "SteeringBase", "as_steering", "interventions_for", "steer"]
@@ -36,9 +37,10 @@ __all__ = ["Combined", "Fixed", "Scaled", "Steering", "SteeringBase", "as_steeri
 class Steering(Protocol):
     """Anything that turns a prompt batch into interventions (see the module docstring)."""
 
-    needs_batch: bool
+    @property
+    def needs_batch(self) -> bool: ...
 
-    def transform_batch(self, lm: Any, batch: PromptBatch) -> PromptBatch: ...
+    def transform_batch(self, lm: SteerModel, batch: PromptBatch) -> PromptBatch: ...
 
     def for_batch(self, batch: PromptBatch | None) -> list[Intervention]: ...
 
@@ -49,7 +51,7 @@ class SteeringBase:
 
     needs_batch = False
 
-    def transform_batch(self, lm: Any, batch: PromptBatch) -> PromptBatch:
+    def transform_batch(self, lm: SteerModel, batch: PromptBatch) -> PromptBatch:
         return batch
 
 
@@ -86,7 +88,7 @@ class Combined:
     def needs_batch(self) -> bool:
         return any(p.needs_batch for p in self.parts)
 
-    def transform_batch(self, lm: Any, batch: PromptBatch) -> PromptBatch:
+    def transform_batch(self, lm: SteerModel, batch: PromptBatch) -> PromptBatch:
         for part in self.parts:
             batch = part.transform_batch(lm, batch)
         return batch
@@ -139,7 +141,7 @@ def interventions_for(steering: object, batch: PromptBatch | None = None) -> lis
 
 
 @contextmanager
-def steer(lm: Any, *steering: object, batch: PromptBatch | None = None) -> Iterator[list[Intervention]]:
+def steer(lm: SteerModel, *steering: object, batch: PromptBatch | None = None) -> Iterator[list[Intervention]]:
     """Apply ``steering`` (anything :func:`as_steering` takes) to every forward pass of ``lm`` inside
     the ``with`` block; the hooks are removed on exit. ``batch``: the
     :class:`~steerlab.tokens.PromptBatch` being run, needed for landmark windows (``"assistant"``),

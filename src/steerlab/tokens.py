@@ -7,9 +7,10 @@ under left and right padding and across cached decoding steps.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
@@ -19,6 +20,9 @@ from .errors import InputError
 PLAIN_USER_PREFIX = "User: "
 PLAIN_ASSISTANT_HEADER = "\nAssistant:"
 
+
+
+PaddingSide = Literal["left", "right"]
 
 @dataclass(frozen=True)
 class Rendered:
@@ -99,6 +103,43 @@ def char_to_token(tokenizer: Any, text: str, ids: list[int], offsets, char: int)
     return len(prefix_ids)
 
 
+@dataclass(frozen=True)
+class Answered:
+    """A prompt rendered with an answer opening the assistant turn, tokenized once: the one place
+    that locates an answer's tokens (CAA reads there; behaviour and fluency scoring score there)."""
+
+    rendered: Rendered
+    ids: list[int]
+    offsets: list[tuple[int, int]] | None
+    answer_char: int  # where the answer starts in rendered.text
+    tokenizer: Any = field(repr=False, compare=False)
+
+    def token_at(self, char: int) -> int:
+        """Index of the token holding character ``char`` of the rendered text."""
+        return char_to_token(self.tokenizer, self.rendered.text, self.ids, self.offsets, char)
+
+    @property
+    def answer_start(self) -> int:
+        """First token of the answer."""
+        return self.token_at(self.answer_char)
+
+    @property
+    def turn_start(self) -> int:
+        """Last token before the reply in raw text (which has no turn header), else the first token of
+        the assistant turn's header; never at or after the answer's first token."""
+        if self.rendered.assistant_start is None:
+            return self.answer_start - 1
+        return min(self.token_at(self.rendered.assistant_start), self.answer_start - 1)
+
+
+def render_answered(tokenizer: Any, prompt: str, answer: str, *, chat: bool = True,
+                    system: str | None = None) -> Answered:
+    """``prompt`` as a user turn (or raw text) with ``answer`` opening the reply, tokenized."""
+    rendered = render_prompt(tokenizer, prompt, chat=chat, system=system, assistant_prefix=answer)
+    ids, offsets = tokenize_with_offsets(tokenizer, rendered.text)
+    return Answered(rendered, ids, offsets, len(rendered.text) - len(answer), tokenizer)
+
+
 @dataclass
 class PromptBatch:
     """A padded batch of prompts with per-row landmarks in real-token positions."""
@@ -109,7 +150,7 @@ class PromptBatch:
     user_start: torch.Tensor  # [B]
     user_end: torch.Tensor  # [B]
     assistant_start: torch.Tensor  # [B]
-    padding_side: str
+    padding_side: PaddingSide
     rendered: list[Rendered | TokenPrompt]
 
     def __len__(self) -> int:
@@ -119,7 +160,7 @@ class PromptBatch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
-def pad_ids(rows: Sequence[Sequence[int]], pad_id: int, side: str = "left",
+def pad_ids(rows: Sequence[Sequence[int]], pad_id: int, side: PaddingSide = "left",
             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     if side not in ("left", "right"):
         raise InputError(f"padding_side must be 'left' or 'right', not {side!r}")
@@ -162,10 +203,8 @@ def assistant_header_ids(tokenizer: Any) -> tuple[int, ...]:
     header: tuple[int, ...] = ()
     if rendered.assistant_start is not None:
         header = tuple(tokenizer.encode(rendered.text[rendered.assistant_start:], add_special_tokens=False))
-    try:
+    with contextlib.suppress(AttributeError):  # a tokenizer that takes no new attributes: computed again next time
         tokenizer._steerlab_assistant_header = header
-    except AttributeError:  # a tokenizer that takes no new attributes: computed again next time
-        pass
     return header
 
 
@@ -180,7 +219,7 @@ def find_assistant_start(ids: Sequence[int], header: Sequence[int]) -> int | Non
     return None
 
 
-def encode_texts(tokenizer: Any, rendered: Sequence[Rendered | TokenPrompt], *, padding_side: str = "left",
+def encode_texts(tokenizer: Any, rendered: Sequence[Rendered | TokenPrompt], *, padding_side: PaddingSide = "left",
                  device: torch.device | str = "cpu") -> PromptBatch:
     """Tokenize rendered prompts (token-id prompts are taken as they are) into one padded batch."""
     rows, ustart, uend, astart = [], [], [], []
@@ -200,9 +239,10 @@ def encode_texts(tokenizer: Any, rendered: Sequence[Rendered | TokenPrompt], *, 
             astart.append(len(ids) - 1)
         else:
             astart.append(min(char_to_token(tokenizer, r.text, ids, offsets, r.assistant_start), len(ids) - 1))
-    ids, mask = pad_ids(rows, tokenizer.pad_token_id, padding_side, device)
-    def as_tensor(xs):
+    padded, mask = pad_ids(rows, tokenizer.pad_token_id, padding_side, device)
+
+    def as_tensor(xs: list[int]) -> torch.Tensor:
         return torch.tensor(xs, dtype=torch.long)
 
-    return PromptBatch(ids, mask, as_tensor([len(r) for r in rows]), as_tensor(ustart), as_tensor(uend),
+    return PromptBatch(padded, mask, as_tensor([len(r) for r in rows]), as_tensor(ustart), as_tensor(uend),
                        as_tensor(astart), padding_side, list(rendered))

@@ -8,14 +8,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import __version__
 from .errors import InputError
-from .intervene import SITES, Intervention, Rows, Window, add
+from .intervene import SITES, Intervention, Rows, Site, Window, add
 from .safefile import atomic_save
+
+if TYPE_CHECKING:
+    from .model import SteerModel
 
 FORMAT = "steerlab.steering_vector"
 FORMAT_VERSION = 1
@@ -39,7 +42,7 @@ class SteeringVector:
     model_name: str
     hidden_size: int
     method: str = "custom"
-    site: str = "output"
+    site: Site = "output"
     apply: str = "assistant"
     meta: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
@@ -124,7 +127,7 @@ class SteeringVector:
         w = window or self.window()
         return [add(layer, t, strength=multiplier, window=w, site=self.site) for layer, t in self.layers.items()]
 
-    def check_model(self, lm, allow_other_model: bool = False) -> None:
+    def check_model(self, lm: SteerModel, allow_other_model: bool = False) -> None:
         if self.hidden_size != lm.hidden_size:
             raise VectorFileError(
                 f"This vector has hidden size {self.hidden_size} (made for {self.model_name!r}), but {lm.name!r} has "
@@ -192,7 +195,7 @@ def _read_safetensors(path: Path) -> SteeringVector:
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("steerlab")
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     except (SafetensorError, OSError, ValueError) as err:
         raise VectorFileError(
             f"{path} is not a readable safetensors file (corrupt or truncated?): {err}. Re-create it with "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def parse_layers(text: str) -> list[int]:
     layers: list[int] = []
     for part in text.split(","):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def cmd_demo(args) -> int:
     from ..demo import run_demo
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .args import add_model_args, load_model, model_spec, parse_layers, ray_args, split_args, train_test
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class ReliabilityTask:
     progress: bool
 
 
-def _reliability_task(lm, task: ReliabilityTask):
+def _reliability_task(lm: SteerModel, task: ReliabilityTask):
     from ..evaluate.generalisation import generalisation
     from ..evaluate.reliability import reliability
     from ..methods import caa

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from .args import add_model_args, load_model
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 
 def lm_eval_or_explain():
@@ -40,7 +44,7 @@ def spec_of(args):
     return SteeringSpec.from_dict(spec.to_dict())  # an unknown window is an error that names it
 
 
-def run_tasks(lm, spec, tasks: list[str], *, behaviour: list[str], limit: int | None, batch_size: int,
+def run_tasks(lm: SteerModel, spec, tasks: list[str], *, behaviour: list[str], limit: int | None, batch_size: int,
               chat_template: bool, task_folder: str | None) -> dict:
     """lm-eval's ``simple_evaluate`` with a steerlab model under ``spec``; returns its results dict."""
     lm_eval = lm_eval_or_explain()

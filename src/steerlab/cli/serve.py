@@ -38,8 +38,11 @@ def cmd_serve(args) -> int:
     # HTTP on a background thread; generation on this (main) thread, where PyTorch runs fastest on CPU.
     import threading
 
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
-    threading.Thread(target=server.run, name="steerlab-http", daemon=True).start()
+    # On Ctrl-C, open connections get 5 s to finish before the HTTP thread gives up on them.
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    http = threading.Thread(target=server.run, name="steerlab-http", daemon=True)
+    http.start()
     print(f"serving {lm.name} with vectors {sorted(vectors) or 'none'} on http://{args.host}:{args.port} "
           f"(playground at /, OpenAI API at /v1); Ctrl-C stops")
     try:
@@ -48,6 +51,7 @@ def cmd_serve(args) -> int:
         pass
     finally:
         server.should_exit = True
+        http.join(timeout=10)
     return 0
 
 

@@ -59,7 +59,7 @@ def cmd_generate(args) -> int:
                 temperature=args.temperature, top_p=args.top_p, frequency_penalty=args.frequency_penalty)
     plain = lm.generate(prompts, seed=args.seed, **opts)
     steered = lm.generate(prompts, steering=steering, seed=args.seed, **opts) if steering else plain
-    rows = [{"prompt": p, "unsteered": a, "steered": b} for p, a, b in zip(prompts, plain, steered)]
+    rows = [{"prompt": p, "unsteered": a, "steered": b} for p, a, b in zip(prompts, plain, steered, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:

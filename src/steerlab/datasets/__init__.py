@@ -131,7 +131,7 @@ def _quotas(n: int, k: int) -> list[int]:
 
 def _interleave(columns: list[list[ContrastivePair]]) -> list[ContrastivePair]:
     """Round-robin over the strata, so that every prefix of the result is as balanced as it can be."""
-    out = []
+    out: list[ContrastivePair] = []
     for i in range(max((len(c) for c in columns), default=0)):
         out.extend(c[i] for c in columns if i < len(c))
     return out
@@ -140,7 +140,7 @@ def _interleave(columns: list[list[ContrastivePair]]) -> list[ContrastivePair]:
 def _take(groups: dict[str, list[ContrastivePair]], n: int, what: str) -> list[ContrastivePair]:
     """``n`` items, as equal per stratum as ``n`` allows, removed from the front of each group."""
     quotas = _quotas(n, len(groups))
-    short = [(key, q, len(g)) for (key, g), q in zip(groups.items(), quotas) if len(g) < q]
+    short = [(key, q, len(g)) for (key, g), q in zip(groups.items(), quotas, strict=True) if len(g) < q]
     if short:
         key, q, have = short[0]
         most = len(groups) * min(len(g) for g in groups.values())
@@ -149,7 +149,7 @@ def _take(groups: dict[str, list[ContrastivePair]], n: int, what: str) -> list[C
             f"left. Ask for at most {most}, or turn balancing off (balance=False, --no-balance) and accept "
             "a letter-biased split.")
     taken = []
-    for (key, group), q in zip(groups.items(), quotas):
+    for (key, group), q in zip(groups.items(), quotas, strict=True):
         taken.append(group[:q])
         groups[key] = group[q:]
     return _interleave(taken)
@@ -345,10 +345,10 @@ def to_open_answers(pairs: Sequence[ContrastivePair]) -> list[ContrastivePair]:
     out = []
     for p in pairs:
         options = {m.group(1): m.group(2).strip() for m in _OPTION.finditer(p.prompt)}
-        letters = [_LETTER.search(a).group(1) for a in (p.positive, p.negative) if _LETTER.search(a)]
+        letters = [m.group(1) for a in (p.positive, p.negative) if (m := _LETTER.search(a))]
         if len(letters) != 2 or any(letter not in options for letter in letters):
             raise DatasetError(f"{p.meta.get('source', 'item')}: cannot find options {letters} in the question.")
-        first = _OPTION.search(p.prompt).start()
+        first = min(m.start() for m in _OPTION.finditer(p.prompt))  # options exist: checked above
         prompt = re.sub(r"\n*Choices:\s*$", "", p.prompt[:first].rstrip()).rstrip()
         out.append(ContrastivePair(prompt, options[letters[0]], options[letters[1]], {**p.meta, "open": True}))
     return out

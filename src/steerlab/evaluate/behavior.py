@@ -15,18 +15,22 @@ KV cache is shared by all variants, which are then one batched forward over the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from ..datasets import ContrastivePair
 from ..errors import InputError
 from ..intervene import Window, add, apply_interventions
-from ..tokens import char_to_token, pad_ids, tokenize_with_offsets
+from ..progress import progress_bar
+from ..tokens import pad_ids
 from ..vector import SteeringVector
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 
 @dataclass
@@ -36,19 +40,13 @@ class _Item:
     prefix: int  # tokens before the assistant turn (shared by both answers)
 
 
-def _prepare(lm, pair: ContrastivePair, chat: bool, system: str | None) -> _Item:
+def _prepare(lm: SteerModel, pair: ContrastivePair, chat: bool, system: str | None) -> _Item:
     ids, starts, prefixes = [], [], []
     for answer in (pair.positive, pair.negative):
-        rendered = lm.render(pair.prompt, chat=chat, system=system, assistant_prefix=answer)
-        toks, offsets = tokenize_with_offsets(lm.tokenizer, rendered.text)
-        start = char_to_token(lm.tokenizer, rendered.text, toks, offsets, len(rendered.text) - len(answer))
-        if rendered.assistant_start is None:
-            prefix = start - 1
-        else:
-            prefix = char_to_token(lm.tokenizer, rendered.text, toks, offsets, rendered.assistant_start)
-        ids.append(toks)
-        starts.append(start)
-        prefixes.append(min(prefix, start - 1))
+        answered = lm.render_answer(pair.prompt, answer, chat=chat, system=system)
+        ids.append(answered.ids)
+        starts.append(answered.answer_start)
+        prefixes.append(answered.turn_start)
     prefix = min(prefixes)
     if ids[0][:prefix] != ids[1][:prefix]:
         raise InputError("The two answers change the tokens before the assistant turn; cannot score them.")
@@ -86,7 +84,7 @@ def _answer_logprob(logits: torch.Tensor, rows: list[list[int]], starts: list[in
     """Sum of log p(answer tokens); ``logits[:, j]`` is at token ``offset + j`` and predicts the next."""
     logp = logits.float().log_softmax(-1)
     out = []
-    for r, (ids, start) in enumerate(zip(rows, starts)):
+    for r, (ids, start) in enumerate(zip(rows, starts, strict=True)):
         targets = torch.tensor(ids[start:], device=logp.device)
         cols = torch.arange(start - 1, len(ids) - 1, device=logp.device) - offset
         out.append(logp[r, cols, targets].sum())
@@ -94,7 +92,7 @@ def _answer_logprob(logits: torch.Tensor, rows: list[list[int]], starts: list[in
 
 
 @contextmanager
-def float32_logits(lm):
+def float32_logits(lm: SteerModel):
     """Within the block, the model's output layer computes its logits in float32 (a no-op for float32
     models and for output layers whose weights are offloaded)."""
     head = lm.model.get_output_embeddings()
@@ -116,20 +114,20 @@ def float32_logits(lm):
 
 
 @torch.no_grad()
-def answer_logprobs(lm, pairs: Sequence[ContrastivePair], vector: SteeringVector | None = None,
+def answer_logprobs(lm: SteerModel, pairs: Sequence[ContrastivePair], vector: SteeringVector | None = None,
                     variants: Sequence[Variant | float] = (0.0,), *, chat: bool = True, system: str | None = None,
                     share_prefix: bool = True, progress: bool | None = None) -> torch.Tensor:
     """Log-probabilities ``[V, N, 2]`` of (positive, negative) answer for each variant and item."""
-    variants = [v if isinstance(v, Variant) else Variant(float(v)) for v in variants]
-    out = torch.empty(len(variants), len(pairs), 2)
-    show = progress if progress is not None else len(pairs) > 20
+    resolved = [v if isinstance(v, Variant) else Variant(float(v)) for v in variants]
+    out = torch.empty(len(resolved), len(pairs), 2)
     with float32_logits(lm):
-        for n, pair in enumerate(tqdm(pairs, desc="score", disable=not show, leave=False)):
-            out[:, n] = _score_item(lm, pair, vector, variants, chat, system, share_prefix)
+        for n, pair in enumerate(progress_bar(pairs, "score", progress=progress)):
+            out[:, n] = _score_item(lm, pair, vector, resolved, chat, system, share_prefix)
     return out
 
 
-def _score_item(lm, pair: ContrastivePair, vector: SteeringVector | None, variants: list[Variant], chat: bool,
+def _score_item(lm: SteerModel, pair: ContrastivePair, vector: SteeringVector | None, variants: list[Variant],
+                chat: bool,
                 system: str | None, share_prefix: bool) -> torch.Tensor:
     """``[V, 2]`` log-probabilities of one item's two answers under every variant."""
     item = _prepare(lm, pair, chat, system)

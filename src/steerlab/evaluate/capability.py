@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..datasets import ContrastivePair, load_ab
 from ..errors import InputError
 from ..steering import as_steering, steer
-from ..tokens import Rendered, char_to_token, encode_texts, tokenize_with_offsets
+from ..tokens import Rendered, encode_texts
 from .behavior import Variant, answer_logprobs, p_matching
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 WEDDING_KEYWORDS = frozenset(
     "wedding weddings bride brides groom grooms married marry marriage vows vow ring rings bridesmaid bridesmaids "
@@ -46,21 +50,23 @@ def relevance(text: str, keywords: frozenset[str] = WEDDING_KEYWORDS) -> float:
     return sum(w in keywords for w in words) / max(len(words), 1)
 
 
-def _batch(lm, texts: Sequence[str], user_prompt: str | None):
+def _batch(lm: SteerModel, texts: Sequence[str], user_prompt: str | None):
     """Texts as raw text, or (``user_prompt`` given) as the start of the assistant's reply to it;
     returns the batch and, per row, the first token of the text itself."""
     if user_prompt is None:
         rendered = [Rendered(t, 0, len(t), None) for t in texts]
+        starts = [0] * len(texts)
     else:
-        rendered = [lm.render(user_prompt, assistant_prefix=t) for t in texts]
+        answered = [lm.render_answer(user_prompt, t) for t in texts]
+        rendered = [a.rendered for a in answered]
+        starts = [a.answer_start for a in answered]
     batch = encode_texts(lm.tokenizer, rendered, padding_side="right", device=lm.device)
-    starts = [0 if user_prompt is None else char_to_token(lm.tokenizer, r.text, *tokenize_with_offsets(
-        lm.tokenizer, r.text), len(r.text) - len(t)) for r, t in zip(rendered, texts)]
     return batch, starts
 
 
 @torch.no_grad()
-def token_nll(lm, texts: Sequence[str], steering=None, *, skip_first: int = 0, user_prompt: str | None = None,
+def token_nll(lm: SteerModel, texts: Sequence[str], steering=None, *, skip_first: int = 0,
+              user_prompt: str | None = None,
               batch_size: int = 8) -> list[float]:
     """Mean negative log-likelihood per text of its tokens, leaving out the first ``skip_first``
     positions of the sequence (and, with ``user_prompt``, the chat frame before the text)."""
@@ -92,25 +98,26 @@ class PerplexityByRelevance:
     per_text: list[tuple[float, float]]  # (relevance, ratio)
 
 
-def perplexity_ratio_by_relevance(lm, texts: Sequence[str], steering, *, skip_first: int = 0,
+def perplexity_ratio_by_relevance(lm: SteerModel, texts: Sequence[str], steering, *, skip_first: int = 0,
                                   user_prompt: str | None = None, keywords: frozenset[str] = WEDDING_KEYWORDS,
                                   bins: Sequence[float] = (0.0, 0.01, 0.05, 0.1, 0.2, 1.01)) -> PerplexityByRelevance:
     """ActAdd's off-target test: perplexity ratio (steered / unsteered) per relevance bin; the
     first ``skip_first`` positions (where ActAdd injects) are left out of both scores."""
     base = token_nll(lm, texts, None, skip_first=skip_first, user_prompt=user_prompt)
     steered = token_nll(lm, texts, steering, skip_first=skip_first, user_prompt=user_prompt)
-    per_text = [(relevance(t, keywords), float(torch.tensor(s - b).exp())) for t, s, b in zip(texts, steered, base)]
+    per_text = [(relevance(t, keywords), float(torch.tensor(s - b).exp()))
+                for t, s, b in zip(texts, steered, base, strict=True)]
     edges = list(bins)
     ratio, count = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
         vals = [r for rel, r in per_text if lo <= rel < hi]
         count.append(len(vals))
         ratio.append(sum(vals) / len(vals) if vals else None)
-    return PerplexityByRelevance(list(zip(edges[:-1], edges[1:])), ratio, count, per_text)
+    return PerplexityByRelevance(list(zip(edges[:-1], edges[1:], strict=False)), ratio, count, per_text)
 
 
 @torch.no_grad()
-def next_token_accuracy(lm, facts: Sequence[tuple[str, str]] | None = None, steering=None, *,
+def next_token_accuracy(lm: SteerModel, facts: Sequence[tuple[str, str]] | None = None, steering=None, *,
                         ks: Sequence[int] = (1, 5), user_prompt: str | None = None,
                         batch_size: int = 16) -> dict[int, float]:
     """P@K: share of fact prompts whose answer's first token is among the top K next tokens
@@ -133,10 +140,10 @@ def next_token_accuracy(lm, facts: Sequence[tuple[str, str]] | None = None, stee
     return {k: hits[k] / len(facts) for k in ks}
 
 
-def ab_accuracy(lm, items: Sequence[ContrastivePair] | None = None, vector=None,
+def ab_accuracy(lm: SteerModel, items: Sequence[ContrastivePair] | None = None, vector=None,
                 multipliers: Sequence[float] = (0.0,), layer: int | None = None) -> dict[float, float]:
     """Share of A/B items whose right answer (the 'matching' one) is the likelier, per multiplier."""
     items = list(items or load_general_knowledge())
     lp = answer_logprobs(lm, items, vector, [Variant(m, layer) for m in multipliers])
     correct = (p_matching(lp) > 0.5).float().mean(1)
-    return {float(m): float(c) for m, c in zip(multipliers, correct)}
+    return {float(m): float(c) for m, c in zip(multipliers, correct, strict=True)}

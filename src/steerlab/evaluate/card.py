@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from ..tokens import Rendered
 from ..vector import SteeringVector
 from .behavior import Variant, answer_logprobs, p_matching
 from .capability import load_facts
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 
 @dataclass
@@ -139,7 +143,7 @@ def neutral_texts() -> list[str]:
 
 
 @torch.no_grad()
-def fluency(lm, steering, texts: Sequence[str], batch_size: int = 8) -> tuple[float, float]:
+def fluency(lm: SteerModel, steering, texts: Sequence[str], batch_size: int = 8) -> tuple[float, float]:
     """(perplexity of ``texts`` under ``steering``, mean KL(unsteered || steered) per token)."""
     nll, kl, n = 0.0, 0.0, 0
     for i in range(0, len(texts), batch_size):
@@ -156,7 +160,7 @@ def fluency(lm, steering, texts: Sequence[str], batch_size: int = 8) -> tuple[fl
     return math.exp(nll / n), kl / n
 
 
-def dose_response(lm, vector: SteeringVector, vector_name: str, behaviour: Sequence[ContrastivePair],
+def dose_response(lm: SteerModel, vector: SteeringVector, vector_name: str, behaviour: Sequence[ContrastivePair],
                   multipliers: Sequence[float], *, tasks: Sequence[str] = ("steerlab_quiz", "steerlab_facts_mc"),
                   behaviour_name: str = "", budget: float = 2.0, limit: int | None = None,
                   chat_template: bool | None = None, task_folder: str | Path | None = None,

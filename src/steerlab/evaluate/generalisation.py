@@ -10,9 +10,10 @@ Relative steerability = OOD / ID steerability, reported where ID is clearly posi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from ..methods import caa
 from .behavior import Variant, answer_logprobs, propensity
 from .files import pyplot, save_json_and_plot
 from .reliability import MULTIPLIERS, fit_lines
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 VARIANTS = ("baseline", "system+", "system-", "user+", "user-")
 
@@ -82,7 +86,7 @@ class GeneralisationReport:
 
 
 @torch.no_grad()
-def generalisation(lm, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair], layer: int, *,
+def generalisation(lm: SteerModel, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair], layer: int, *,
                    dataset: str = "data", behaviour: tuple[str, str] | None = None, scale: float = 1.0,
                    multipliers: Sequence[float] = MULTIPLIERS, variants: Sequence[str] = VARIANTS,
                    chat: bool = True, min_id: float = 1e-3, counterbalance: bool | None = None,

@@ -22,7 +22,7 @@ unsteered. For raw-text tasks use ``window=all`` (every position) or a ``{start,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lm_eval.models  # noqa: F401  - lm-eval's own models first: it loads them only into an empty registry
 import torch
@@ -36,6 +36,9 @@ from ..generation import generate_ids
 from ..logprobs import prompt_logprobs
 from ..spec import SteeringFactory, SteeringSpec, VectorEntry
 from ..tokens import TokenPrompt
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 __all__ = ["SteerlabLM", "spec_from_args"]
 
@@ -69,7 +72,7 @@ class SteerlabLM(TemplateLM):
     ``model``: a built-in name or path (as :func:`steerlab.load_model` takes), or pass ``lm``; the
     steering as :func:`spec_from_args` takes it; ``vectors``: named vectors (else names are paths)."""
 
-    def __init__(self, model: str = "smollm2-135m", *, lm: Any = None, steering: Any = None,
+    def __init__(self, model: str = "smollm2-135m", *, lm: SteerModel | None = None, steering: Any = None,
                  vector: str | None = None, multiplier: float = 1.0, layer: int | str | None = None,
                  window: str = "own", vectors: dict | None = None, batch_size: int | str = 8,
                  max_length: int | None = None, dtype: str | None = None, **unused: Any) -> None:
@@ -117,9 +120,9 @@ class SteerlabLM(TemplateLM):
         for _, context, continuation in requests:
             ids = (context + continuation)[-self.max_length:]  # left-truncated as the API models do
             rows.append((ids, len(ids) - len(continuation)))
-        scores = self.score([ids for ids, _ in rows], disable_tqdm=disable_tqdm)
+        scores = self.score([row[0] for row in rows], disable_tqdm=disable_tqdm)
         out = []
-        for (ids, ctxlen), lp in zip(rows, scores):
+        for (_, ctxlen), lp in zip(rows, scores, strict=True):
             part = lp[ctxlen:]
             out.append((float(sum(e.logprob for e in part)),
                         all(e.top[0][0] == e.token for e in part)))
@@ -166,7 +169,8 @@ class SteerlabLM(TemplateLM):
             chunk = order[start: start + self.batch_size]
             batch = self.lm.prepare([TokenPrompt.of(self.tokenizer, rows[i]) for i in chunk], padding_side="right")
             batch = self.steering.transform_batch(self.lm, batch)
-            for i, lp in zip(chunk, prompt_logprobs(self.lm, batch, self.steering.for_batch(batch), top_k=1)):
+            scored = prompt_logprobs(self.lm, batch, self.steering.for_batch(batch), top_k=1)
+            for i, lp in zip(chunk, scored, strict=True):
                 result[i] = lp
         return result
 

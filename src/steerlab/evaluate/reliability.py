@@ -18,9 +18,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from ..vector import SteeringVector
 from .behavior import Variant, answer_logprobs, propensity
 from .files import pyplot, save_json_and_plot
 from .stats import bootstrap_ci, fraction_at_most_zero, null_vector, slope_standard_errors
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 MULTIPLIERS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 __all__ = ["MULTIPLIERS", "ReliabilityReport", "fit_lines", "matching_is_a", "matching_is_yes", "reliability",
@@ -212,7 +216,8 @@ class ReliabilityReport:
         letters = self.matching_letters or ["?"] * len(self.slopes)
         groups = sorted(set(letters))
         colours = {"A": "#1b9e77", "B": "#d95f02"}
-        ax.hist([[s for s, g in zip(self.slopes, letters) if g == key] for key in groups], bins=bins, stacked=True,
+        by_letter = [[s for s, g in zip(self.slopes, letters, strict=True) if g == key] for key in groups]
+        ax.hist(by_letter, bins=bins, stacked=True,
                 color=[colours.get(g, "#7570b3") for g in groups], label=[f"matching ({g})" for g in groups])
         ax.axvline(0, color="black", lw=0.8)
         ax.axvline(self.mean_slope, color="#e7298a", ls="--", lw=1.2, label=f"mean {self.mean_slope:+.3f}")
@@ -233,7 +238,8 @@ class ReliabilityReport:
         plt.close(fig)
 
 
-def _noise_floor(lm, test: Sequence[ContrastivePair], unsteered: torch.Tensor, chat: bool, system: str | None,
+def _noise_floor(lm: SteerModel, test: Sequence[ContrastivePair], unsteered: torch.Tensor, chat: bool,
+                 system: str | None,
                  items: int) -> float | None:
     """Largest |difference| of the unsteered propensity computed alone (full sequence) and as scored."""
     if items <= 0 or not len(test):
@@ -244,7 +250,7 @@ def _noise_floor(lm, test: Sequence[ContrastivePair], unsteered: torch.Tensor, c
 
 
 @torch.no_grad()
-def reliability(lm, vector: SteeringVector, test: Sequence[ContrastivePair], *, layer: int | None = None,
+def reliability(lm: SteerModel, vector: SteeringVector, test: Sequence[ContrastivePair], *, layer: int | None = None,
                 scale: float = 1.0, multipliers: Sequence[float] = MULTIPLIERS, dataset: str = "data",
                 chat: bool = True, system: str | None = None, null: bool = True, null_directions: int = 1,
                 n_boot: int = 2000,
@@ -285,7 +291,7 @@ def reliability(lm, vector: SteeringVector, test: Sequence[ContrastivePair], *, 
     r2_a = variance_explained(slopes, is_a)[0] if 0 < is_a.sum() < len(test) else 0.0
     r2_yes = r2_both = None
     if all(v is not None for v in yes):
-        is_yes = torch.tensor([[float(v)] for v in yes])
+        is_yes = torch.tensor([[float(bool(v))] for v in yes])
         if 0 < is_yes.sum() < len(test):
             r2_yes = variance_explained(slopes, is_yes)[0]
             r2_both = variance_explained(slopes, torch.cat([is_a, is_yes], 1))[0]
@@ -334,7 +340,7 @@ def reliability(lm, vector: SteeringVector, test: Sequence[ContrastivePair], *, 
     )
 
 
-def _letter_share(lm, vector: SteeringVector, layer: int, pairs: Sequence[ContrastivePair], chat: bool,
+def _letter_share(lm: SteerModel, vector: SteeringVector, layer: int, pairs: Sequence[ContrastivePair], chat: bool,
                   system: str | None) -> float | None:
     from ..datasets import counterbalanced
     from ..methods import caa

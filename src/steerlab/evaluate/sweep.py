@@ -8,15 +8,20 @@ mean paired difference; only such layers are recommended."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 from ..datasets import ContrastivePair, describe_balance
 from ..methods import caa
 from .behavior import Variant, answer_logprobs, p_matching, propensity
 from .files import pyplot, save_json_and_plot
 from .stats import null_vector
+
+if TYPE_CHECKING:
+    from ..methods.caa import Method
+    from ..model import SteerModel
 
 
 @dataclass
@@ -114,7 +119,7 @@ class SweepTask:
     layers: list[int]
     multipliers: list[float]
     dataset: str = "data"
-    method: str = "mean"
+    method: Method = "mean"
     chat: bool = True
     system: str | None = None
     counterbalance: bool | None = None
@@ -122,14 +127,15 @@ class SweepTask:
     progress: bool | None = None
 
     @classmethod
-    def of(cls, lm, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair], layers: Sequence[int],
+    def of(cls, lm: SteerModel, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair],
+           layers: Sequence[int],
            multipliers: Sequence[float], **options) -> SweepTask:
         """A task over ``lm``'s checked layers and the sorted, distinct multipliers."""
         return cls(list(train), list(test), lm.check_layers(layers), sorted({float(m) for m in multipliers}),
                    **options)
 
 
-def _sweep_block(lm, task: SweepTask) -> SweepResult:
+def _sweep_block(lm: SteerModel, task: SweepTask) -> SweepResult:
     vector = caa.extract(lm, task.train, task.layers, method=task.method, chat=task.chat, system=task.system,
                          counterbalance=task.counterbalance, measure_letter=False, progress=task.progress)
     lo, hi = min(task.multipliers), max(task.multipliers)
@@ -144,6 +150,7 @@ def _sweep_block(lm, task: SweepTask) -> SweepResult:
     rows: dict[tuple[int, float, bool], int] = {}
     for i, v in enumerate(variants[1:], 1):
         is_null = v.vector is not None
+        assert v.layer is not None  # every variant after the baseline steers one layer
         rows[(v.layer, v.multiplier, is_null)] = i
         if not is_null:
             table_p.setdefault(str(v.layer), {})[str(v.multiplier)] = float(pm[i])
@@ -178,7 +185,7 @@ def _recommend(result: SweepResult) -> SweepResult:
 
     def monotonic(layer: int) -> bool:
         row = [result.p_matching[str(layer)][str(m)] for m in multipliers]
-        return all(a <= b for a, b in zip(row, row[1:])) and row[0] <= result.baseline <= row[-1]
+        return all(a <= b for a, b in zip(row, row[1:], strict=False)) and row[0] <= result.baseline <= row[-1]
 
     has_null = bool(result.null_effect)
     beating = [k for k in layers if result.beats_null(k)] if has_null else list(layers)
@@ -194,8 +201,9 @@ def _recommend(result: SweepResult) -> SweepResult:
     return result
 
 
-def layer_sweep(lm, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair], layers: Sequence[int],
-                multipliers: Sequence[float] = (-1.0, 1.0), *, dataset: str = "data", method: str = "mean",
+def layer_sweep(lm: SteerModel, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair],
+                layers: Sequence[int],
+                multipliers: Sequence[float] = (-1.0, 1.0), *, dataset: str = "data", method: Method = "mean",
                 chat: bool = True, system: str | None = None, counterbalance: bool | None = None, null: bool = True,
                 progress: bool | None = None) -> SweepResult:
     """p(matching) for every (layer, multiplier), each layer against a random-direction null."""

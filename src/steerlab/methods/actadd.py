@@ -15,7 +15,7 @@ first tokens, exactly as in raw mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -25,10 +25,14 @@ from ..intervene import Intervention
 from ..tokens import PromptBatch, char_to_token, encode_texts, pad_ids, tokenize_with_offsets
 from ..vector import SteeringVector
 
+if TYPE_CHECKING:
+    from ..model import SteerModel
+    from ..spec import ActAddMode
+
 MODES = ("overlay", "pad")
 
 
-def _prompt_tokens(lm, text: str, chat: bool, system: str | None) -> tuple[list[int], int]:
+def _prompt_tokens(lm: SteerModel, text: str, chat: bool, system: str | None) -> tuple[list[int], int]:
     """Token ids of the prompt up to the end of the user's text, and how many come before that
     text (BOS, chat header): the prefix every prompt rendered the same way shares."""
     rendered = lm.render(text, chat=chat, system=system)
@@ -45,7 +49,7 @@ def space_token_id(tokenizer) -> int:
 
 
 @torch.no_grad()
-def extract(lm, positive: str, negative: str, layer: int, *, coeff: float = 1.0, chat: bool = False,
+def extract(lm: SteerModel, positive: str, negative: str, layer: int, *, coeff: float = 1.0, chat: bool = False,
             system: str | None = None) -> SteeringVector:
     """The ActAdd steering tensor ``coeff * (A+ - A-)`` at the input of block ``layer``."""
     layer = lm.check_layer(layer)
@@ -74,7 +78,7 @@ class ActAddSteering:
 
     vector: SteeringVector
     multiplier: float = 1.0
-    mode: Literal["overlay", "pad"] = "overlay"
+    mode: ActAddMode = "overlay"
     needs_batch: ClassVar[bool] = True  # the overlay check and the pad reshape read the batch (not a dataclass field)
 
     def __post_init__(self) -> None:
@@ -87,7 +91,7 @@ class ActAddSteering:
     def n(self) -> int:
         return int(self.vector.meta["n_positions"])
 
-    def transform_batch(self, lm, batch: PromptBatch) -> PromptBatch:
+    def transform_batch(self, lm: SteerModel, batch: PromptBatch) -> PromptBatch:
         if self.mode == "overlay":
             short = [i for i, length in enumerate(batch.lengths.tolist()) if length < self.n]
             if short:
@@ -106,16 +110,17 @@ class ActAddSteering:
                 raise InputError("pad mode: the prompt does not start with the steering pair's shared prefix "
                                  "(render both the same way: chat or raw).")
             rows.append(ids[:shared] + [space] * (self.n - shared) + ids[shared:])
-        ids, mask = pad_ids(rows, lm.tokenizer.pad_token_id, batch.padding_side, batch.input_ids.device)
+        padded, mask = pad_ids(rows, lm.tokenizer.pad_token_id, batch.padding_side, batch.input_ids.device)
         extra = self.n - shared
-        return PromptBatch(ids, mask, batch.lengths + extra, batch.user_start + extra, batch.user_end + extra,
+        return PromptBatch(padded, mask, batch.lengths + extra, batch.user_start + extra, batch.user_end + extra,
                            batch.assistant_start + extra, batch.padding_side, batch.rendered)
 
     def for_batch(self, batch: PromptBatch | None) -> list[Intervention]:
         return self.vector.interventions(self.multiplier)  # S over positions 0..n-1, prompt pass only
 
 
-def prepare(lm, prompts, steering: ActAddSteering, *, chat: bool = False, system: str | None = None) -> PromptBatch:
+def prepare(lm: SteerModel, prompts, steering: ActAddSteering, *, chat: bool = False,
+            system: str | None = None) -> PromptBatch:
     """Tokenize prompts the way ``steering`` needs them (pad mode inserts its spaces)."""
     rendered = [lm.render(p, chat=chat, system=system) for p in prompts]
     return steering.transform_batch(lm, encode_texts(lm.tokenizer, rendered, device=lm.device))

@@ -26,33 +26,37 @@ direction) is written into its metadata for every A/B vector.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
 from ..capture import capture, capture_contrast
 from ..datasets import ContrastivePair, answer_letter, counterbalanced, describe_balance, fingerprint, read_char
 from ..errors import InputError
-from ..tokens import Rendered, char_to_token, tokenize_with_offsets
+from ..tokens import Rendered
 from ..vector import SteeringVector
 
-METHODS = ("mean", "pca", "probe")
+if TYPE_CHECKING:
+    from ..model import SteerModel
+
+Method = Literal["mean", "pca", "probe"]  # mean difference (the paper), first PC, logistic-probe weights
+METHODS: tuple[Method, ...] = get_args(Method)
 
 
-def _render_tokens(lm, pair: ContrastivePair, answer: str, chat: bool, system: str | None
+def _render_tokens(lm: SteerModel, pair: ContrastivePair, answer: str, chat: bool, system: str | None
                    ) -> tuple[Rendered, list[int], int]:
-    rendered = lm.render(pair.prompt, chat=chat, system=system, assistant_prefix=answer)
-    char = len(rendered.text) - len(answer) + read_char(answer)
-    ids, offsets = tokenize_with_offsets(lm.tokenizer, rendered.text)
-    return rendered, ids, char_to_token(lm.tokenizer, rendered.text, ids, offsets, char)
+    answered = lm.render_answer(pair.prompt, answer, chat=chat, system=system)
+    return answered.rendered, answered.ids, answered.token_at(answered.answer_char + read_char(answer))
 
 
-def render_answer(lm, pair: ContrastivePair, answer: str, *, chat: bool, system: str | None) -> tuple[Rendered, int]:
+def render_answer(lm: SteerModel, pair: ContrastivePair, answer: str, *, chat: bool,
+                  system: str | None) -> tuple[Rendered, int]:
     """The item rendered with ``answer`` opening the assistant turn, and the token index to read."""
     rendered, _, index = _render_tokens(lm, pair, answer, chat, system)
     return rendered, index
 
 
-def differences(lm, pairs: Sequence[ContrastivePair], layers: Sequence[int], *, chat: bool = True,
+def differences(lm: SteerModel, pairs: Sequence[ContrastivePair], layers: Sequence[int], *, chat: bool = True,
                 system: str | None = None, batch_size: int = 16, share_prefix: bool = True,
                 progress: bool | None = None) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Positive and negative activations ``{layer: [N, d]}`` at the answer token.
@@ -70,11 +74,10 @@ def differences(lm, pairs: Sequence[ContrastivePair], layers: Sequence[int], *, 
             ids.append(row)
             positions.append(idx)
     n = len(pairs)
-    show = True if progress is None else progress
     if share_prefix:
         return capture_contrast(lm, ids[:n], ids[n:], positions[:n], positions[n:], layers, batch_size=batch_size,
-                                progress=show)
-    acts = capture(lm, ids, layers, positions=positions, batch_size=batch_size, progress=show)
+                                progress=progress)
+    acts = capture(lm, ids, layers, positions=positions, batch_size=batch_size, progress=progress)
     return {k: v[:n] for k, v in acts.items()}, {k: v[n:] for k, v in acts.items()}
 
 
@@ -104,7 +107,7 @@ def _probe_direction(pos: torch.Tensor, neg: torch.Tensor, l2: float = 1e-3, ste
     return (w.detach() / std).float()  # back to the unstandardised activation space
 
 
-def direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean") -> torch.Tensor:
+def direction(pos: torch.Tensor, neg: torch.Tensor, method: Method = "mean") -> torch.Tensor:
     """One layer's steering direction from positive and negative activations ``[N, d]``."""
     diff = pos.float() - neg.float()
     mean_diff = diff.mean(0)
@@ -148,7 +151,8 @@ def letter_share(vector: torch.Tensor, letter: torch.Tensor) -> float:
     return float((v @ u).abs() / (v.norm() * u.norm()))
 
 
-def letter_directions(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *, chat: bool = True,
+def letter_directions(lm: SteerModel, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *,
+                      chat: bool = True,
                       system: str | None = None, batch_size: int = 16, progress: bool | None = None
                       ) -> dict[int, torch.Tensor]:
     """The pure answer-letter direction ``h("(A)") - h("(B)")`` at each layer, behaviour held fixed:
@@ -163,7 +167,7 @@ def letter_directions(lm, pairs: Sequence[ContrastivePair], layers: int | Sequen
 
 
 @torch.no_grad()
-def extract(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *, method: str = "mean",
+def extract(lm: SteerModel, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *, method: Method = "mean",
             chat: bool = True, system: str | None = None, batch_size: int = 16, share_prefix: bool = True,
             counterbalance: bool | None = None, measure_letter: bool | None = None,
             progress: bool | None = None) -> SteeringVector:
@@ -185,7 +189,7 @@ def extract(lm, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *
                          "(datasets.swap_options returned None for some item).")
     counterbalance = both is not None if counterbalance is None else counterbalance
     measure_letter = both is not None if measure_letter is None else (measure_letter and both is not None)
-    read = both if (counterbalance or measure_letter) else list(pairs)
+    read = both if both is not None and (counterbalance or measure_letter) else list(pairs)
     pos, neg = differences(lm, read, layer_list, chat=chat, system=system, batch_size=batch_size,
                            share_prefix=share_prefix, progress=progress)
     used = slice(None) if counterbalance else slice(0, len(pairs))

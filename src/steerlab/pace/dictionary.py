@@ -14,17 +14,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..capture import capture
 from ..errors import InputError, UnknownNameError
+from ..progress import progress_bar
 from ..safefile import atomic_save, mmap_tensors, read_header
 from ..tokens import tokenize_with_offsets
 from .concepts import TEMPLATES, stimuli
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 FORMAT = "steerlab.concept_dictionary"
 
@@ -75,7 +78,7 @@ class ConceptDictionary:
         sims = a @ a[self.index(concept)]
         sims[self.index(concept)] = -2.0
         top = sims.topk(min(k, len(self) - 1))
-        return [(self.concepts[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+        return [(self.concepts[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
     @property
     def fingerprint(self) -> str:
@@ -123,7 +126,7 @@ class ConceptDictionary:
         return out
 
 
-def _stimulus_rows(lm, concepts: Sequence[str], templates: Sequence[str]):
+def _stimulus_rows(lm: SteerModel, concepts: Sequence[str], templates: Sequence[str]):
     """Token ids and concept-token masks for every (concept, template) sentence."""
     ids_rows, masks, owner = [], [], []
     for k, concept in enumerate(concepts):
@@ -141,7 +144,8 @@ def _stimulus_rows(lm, concepts: Sequence[str], templates: Sequence[str]):
 
 
 @torch.no_grad()
-def concept_means(lm, concepts: Sequence[str], layers: Sequence[int], *, templates: Sequence[str] = TEMPLATES,
+def concept_means(lm: SteerModel, concepts: Sequence[str], layers: Sequence[int], *,
+                  templates: Sequence[str] = TEMPLATES,
                   batch_size: int = 128) -> dict[int, torch.Tensor]:
     """Mean activation (block outputs) at each concept's tokens over its stimuli: ``{layer: [K, d]}``.
     Each sentence counts equally, however many tokens the concept takes in it."""
@@ -169,12 +173,12 @@ class ShardTask:
     batch_size: int
 
 
-def shard_means(lm, task: ShardTask) -> dict[int, torch.Tensor]:
+def shard_means(lm: SteerModel, task: ShardTask) -> dict[int, torch.Tensor]:
     """Mean activation of each of the shard's concepts at each layer."""
     return concept_means(lm, task.concepts, task.layers, templates=task.templates, batch_size=task.batch_size)
 
 
-def build_dictionary(lm, concepts: Sequence[str], layers: Sequence[int] | int, *,
+def build_dictionary(lm: SteerModel, concepts: Sequence[str], layers: Sequence[int] | int, *,
                      templates: Sequence[str] = TEMPLATES, batch_size: int = 128, shard: int = 512,
                      progress: bool | None = None,
                      run_shards: Callable[[list[ShardTask]], list[dict[int, torch.Tensor]]] | None = None
@@ -184,20 +188,19 @@ def build_dictionary(lm, concepts: Sequence[str], layers: Sequence[int] | int, *
     Concepts are processed in shards of ``shard``; ``run_shards`` (default: one after another, here)
     computes :func:`shard_means` for a list of shards, e.g. on Ray workers with resumable results
     (:func:`steerlab.distributed.build_dictionary_tasks`)."""
-    layers = lm.check_layers(layers)
+    layer_list: list[int] = lm.check_layers(layers)
     concepts = list(dict.fromkeys(c.strip() for c in concepts if c.strip()))
     if len(concepts) < 2:
         raise InputError("A concept dictionary needs at least two distinct concepts.")
     t0 = time.time()
-    shards = [ShardTask(concepts[s: s + shard], layers, list(templates), batch_size)
+    shards = [ShardTask(concepts[s: s + shard], layer_list, list(templates), batch_size)
               for s in range(0, len(concepts), shard)]
     if run_shards is None:
-        show = progress if progress is not None else len(concepts) > shard
-        parts = [shard_means(lm, task) for task in tqdm(shards, desc="concepts", disable=not show, unit="shard")]
+        parts = [shard_means(lm, task) for task in progress_bar(shards, "concepts", progress=progress, unit="shard")]
     else:
         parts = run_shards(shards)
     atoms, centres = {}, {}
-    for layer in layers:
+    for layer in layer_list:
         m = torch.cat([part[layer] for part in parts])
         centres[layer] = m.mean(0)
         a = m - centres[layer]

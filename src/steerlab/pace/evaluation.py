@@ -13,12 +13,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..evaluate.capability import token_nll
 from ..evaluate.files import pyplot, save_json_and_plot
 from ..evaluate.text_scores import lexicon_rate, profanity_scores, vader_scores
 from .removal import METHODS
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 PROMPTS = {
     "detox": [
@@ -95,7 +99,7 @@ class PaceEval:
         panels = [("task score", [r.task_score for r in self.results]),
                   ("fluency perplexity", [r.perplexity for r in self.results]),
                   ("ms / token", [r.ms_per_token for r in self.results])]
-        for ax, (title, values) in zip(axes, panels):
+        for ax, (title, values) in zip(axes, panels, strict=True):
             ax.bar(names, values, color=["grey", "tab:blue", "tab:orange", "tab:green"][: len(names)])
             ax.set_title(title)
             ax.tick_params(axis="x", rotation=20)
@@ -113,7 +117,7 @@ class PaceEval:
         return folder
 
 
-def evaluate_removal(lm, dictionary, partition, layers, *, task: str, prompts=None,
+def evaluate_removal(lm: SteerModel, dictionary, partition, layers, *, task: str, prompts=None,
                      methods=("unsteered", "pace", "orthogonal", "subtraction"), max_new_tokens: int = 40,
                      batch_size: int = 8, method_kwargs: dict | None = None) -> PaceEval:
     """Generate greedily for every prompt under each method and score the outputs."""
@@ -131,7 +135,8 @@ def evaluate_removal(lm, dictionary, partition, layers, *, task: str, prompts=No
         texts = lm.generate(prompts, steering=steering, max_new_tokens=max_new_tokens, batch_size=batch_size)
         seconds = time.perf_counter() - t0
         n_tokens = sum(max(1, len(lm.tokenizer(t, add_special_tokens=False)["input_ids"])) for t in texts)
-        nll = [token_nll(lm, [t], user_prompt=p)[0] if t.strip() else float("nan") for p, t in zip(prompts, texts)]
+        nll = [token_nll(lm, [t], user_prompt=p)[0] if t.strip() else float("nan")
+               for p, t in zip(prompts, texts, strict=True)]
         finite = [x for x in nll if math.isfinite(x)]
         score = mean(profanity_scores(texts)) if task == "detox" else mean(vader_scores(texts))
         results.append(MethodResult(name, score, mean(lexicon_rate(texts, lexicon)),

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import InputError, MissingFileError, UnknownNameError
+from ..progress import progress_bar
 from ..safefile import atomic_write
 from ..sources import cache_dir
 from .dictionary import ConceptDictionary
@@ -78,7 +78,7 @@ class Partition:
 
     @property
     def undesirable_concepts(self) -> list[str]:
-        return [c for c, u in zip(self.concepts, self.undesirable.tolist()) if u]
+        return [c for c, u in zip(self.concepts, self.undesirable.tolist(), strict=True) if u]
 
     def __repr__(self) -> str:
         return (f"Partition(task={self.task!r}, undesirable={int(self.undesirable.sum())} of {len(self.concepts)}, "
@@ -88,10 +88,14 @@ class Partition:
         """Write the labels as TSV (one concept per line), atomically; edit the label column freely."""
         lines = [f"# steerlab concept labels; task={self.task}; source={self.source}", "concept\tlabel\tscore"]
         scores = self.scores.tolist() if self.scores is not None else [float("nan")] * len(self.concepts)
-        for c, u, s in zip(self.concepts, self.undesirable.tolist(), scores):
+        for c, u, s in zip(self.concepts, self.undesirable.tolist(), scores, strict=True):
             lines.append(f"{_escape(c)}\t{LABELS[int(u)]}\t{s:.4f}")
         text = "\n".join(lines) + "\n"
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(text, encoding="utf-8")
+
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike, dictionary: ConceptDictionary, task: str | None = None) -> Partition:
@@ -107,10 +111,11 @@ class Partition:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
-            line = path.read_bytes()[: err.start].count(b"\n") + 1
-            raise InputError(f"{path}:{line}: not UTF-8 text ({err.reason}); save the labels file as UTF-8.") from None
-        for n, line in enumerate(text.split("\n"), 1):
-            line = line.removesuffix("\r")
+            bad_line = path.read_bytes()[: err.start].count(b"\n") + 1
+            raise InputError(f"{path}:{bad_line}: not UTF-8 text ({err.reason}); "
+                             "save the labels file as UTF-8.") from None
+        for n, raw in enumerate(text.split("\n"), 1):
+            line = raw.removesuffix("\r")
             if line.startswith("#"):
                 if found_task is None and "task=" in line:
                     found_task = line.split("task=", 1)[1].split(";")[0].strip()
@@ -176,9 +181,9 @@ class TextEmbedder:
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, texts: Sequence[str], batch_size: int = 512, progress: bool = False) -> torch.Tensor:
+    def __call__(self, texts: Sequence[str], batch_size: int = 512, progress: bool | None = None) -> torch.Tensor:
         out = []
-        for s in tqdm(range(0, len(texts), batch_size), desc="embed", disable=not progress, leave=False):
+        for s in progress_bar(range(0, len(texts), batch_size), "embed", progress=progress):
             enc = self.tokenizer(list(texts[s: s + batch_size]), padding=True, truncation=True, max_length=64,
                                  return_tensors="pt").to(self.device)
             hidden = self.model(**enc).last_hidden_state
@@ -208,7 +213,8 @@ class EmbeddingPartitioner:
             self._embedder = TextEmbedder(self.model_dir)
         return self._embedder
 
-    def scores(self, concepts: Sequence[str], task: Task, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(self, concepts: Sequence[str], task: Task, progress: bool | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Best cosine of each concept with the undesirable anchors and with the benign anchors."""
         emb = self.embedder(concepts, progress=progress)
         bad = (emb @ self.embedder(task.undesirable).T).max(1).values
@@ -223,7 +229,7 @@ class EmbeddingPartitioner:
         path = _cache_path(dictionary, key)
         if self.cache and path.exists():
             return Partition.load(path, dictionary, task.name)
-        bad, good = self.scores(dictionary.concepts, task, progress=bool(progress) or len(dictionary) > 5000)
+        bad, good = self.scores(dictionary.concepts, task, progress=progress)
         undesirable = (bad >= self.threshold) & (bad - good >= self.margin)
         out = Partition(task.name, list(dictionary.concepts), undesirable, bad - good,
                         f"embedding(threshold={self.threshold}, margin={self.margin})")

@@ -15,7 +15,8 @@ baselines PaCE is compared with, behind one interface: each is a steering object
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from ..steering import SteeringBase
 from .dictionary import ConceptDictionary
 from .partition import Partition
 from .solver import ElasticNet, sparse_code
+
+if TYPE_CHECKING:
+    from ..spec import PaceSign
 
 
 class _Removal(SteeringBase):
@@ -87,7 +91,7 @@ class PaCE(_Removal):
 
     def __init__(self, dictionary: ConceptDictionary, partition: Partition, layers: Sequence[int] | int | None = None,
                  *, solver: ElasticNet = ElasticNet(), strength: Rows = 1.0, window: Window | None = None,
-                 sign: str = "both") -> None:
+                 sign: PaceSign = "both") -> None:
         """``sign="both"`` (the paper's recipe) removes every undesirable component ``c_k d_k``;
         ``"positive"`` removes only those with ``c_k > 0`` (the activation leans *towards* the
         concept) and keeps negative ones, which lean away from it (e.g. away from "hate")."""
@@ -149,5 +153,5 @@ class VectorSubtraction(_Removal):
 
 
 # The removal methods by name; "pace-positive" removes only the components the activation leans towards.
-METHODS = {"pace": PaCE, "pace-positive": functools.partial(PaCE, sign="positive"),
+METHODS: dict[str, Callable[..., _Removal]] = {"pace": PaCE, "pace-positive": functools.partial(PaCE, sign="positive"),
            "orthogonal": OrthogonalProjection, "subtraction": VectorSubtraction}

@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import replace
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,11 +24,13 @@ from .protocol import APIError, ChatRequest, CompletionRequest, DetokenizeReques
 from .shaping import Shaper, Vocab, merge_completion_logprobs, sse
 from .validate import RequestValidator
 
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 TOKENIZER_PATHS = frozenset({"/tokenize", "/detokenize", "/tokenizer_info"})
 
 
-def render_messages(lm, messages) -> Rendered:
+def render_messages(lm: SteerModel, messages) -> Rendered:
     """Chat messages -> prompt text with the assistant header; the last user message is the user span."""
     msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]
     users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
@@ -122,7 +125,7 @@ class _AnswerOrCancel(Response):
         await waiter.result()(scope, receive, send)
 
 
-def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str | None = None,
+def create_app(lm: SteerModel, vectors: dict | None = None, *, dictionary=None, api_key: str | None = None,
                config: ServeConfig | None = None, engine_thread: bool = True, **settings) -> FastAPI:
     """An app serving ``lm`` with the named ``vectors`` ({name: SteeringVector}) and optionally a PaCE
     concept ``dictionary``. ``api_key``: clients must send ``Authorization: Bearer <key>``.
@@ -264,11 +267,12 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
         offsets = dict.fromkeys(k_of, 0)
 
         def chunk_logprobs(index: int, entries) -> dict | None:
-            if k_of[index] is None:
+            k = k_of[index]
+            if k is None:
                 return None
             if chat_endpoint:
-                return {"content": vocab.chat(entries, k_of[index]), "refusal": None}
-            return vocab.completion([e.token for e in entries], entries, k_of[index], offset=offsets[index])
+                return {"content": vocab.chat(entries, k), "refusal": None}
+            return vocab.completion([e.token for e in entries], entries, k, offset=offsets[index])
 
         async def stream():
             finished = False
@@ -311,7 +315,7 @@ def create_app(lm, vectors: dict | None = None, *, dictionary=None, api_key: str
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
-        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        prompts: list[Any] = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not prompts:
             raise APIError(400, "prompt is empty.", param="prompt")
         if all(isinstance(t, int) for t in prompts):  # one prompt as token ids

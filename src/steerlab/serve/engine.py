@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import StoppingCriteria
@@ -29,6 +30,9 @@ from ..logprobs import LogitTap, TokenLogprob, entries, prompt_logprobs, real_co
 from ..spec import SteeringFactory
 from .config import ServeConfig
 from .validate import JobSettings
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 
 class QueueFull(Exception):
@@ -82,7 +86,8 @@ class _RowStreamer:
         step = None
         if self.tap is not None:
             live = [i for i, d in enumerate(self.done) if not d and self.jobs[i].logprobs is not None]
-            step = dict(zip(live, entries(self.tap.logprobs()[live], new[live], self._top_k))) if live else {}
+            step = (dict(zip(live, entries(self.tap.logprobs()[live], new[live], self._top_k), strict=True))
+                    if live else {})
         for i, tok in enumerate(new.tolist()):
             if self.done[i]:
                 continue
@@ -133,7 +138,7 @@ class _RowsDone(StoppingCriteria):
         self.streamer = streamer
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        done = [d or job.cancelled.is_set() for d, job in zip(self.streamer.done, self.streamer.jobs)]
+        done = [d or job.cancelled.is_set() for d, job in zip(self.streamer.done, self.streamer.jobs, strict=True)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -151,7 +156,7 @@ def _safe_prefix(text: str, stops: list[str]) -> int:
 
 
 class Engine:
-    def __init__(self, lm, factory: SteeringFactory, config: ServeConfig | None = None, *,
+    def __init__(self, lm: SteerModel, factory: SteeringFactory, config: ServeConfig | None = None, *,
                  start_thread: bool = True) -> None:
         config = config or ServeConfig()
         self.lm, self.factory = lm, factory

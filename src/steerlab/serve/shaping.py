@@ -40,9 +40,12 @@ class Vocab:
         """Completions form: parallel lists over ``tokens``; a ``None`` entry (the first prompt token
         under ``echo``) has no log-probability. ``offset``: where the first token's text begins in
         the choice's text."""
-        strings, values, tops, offsets = [], [], [], []
+        strings: list[str] = []
+        values: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        offsets: list[int] = []
         pos = offset
-        for token, e in zip(tokens, logprobs):
+        for token, e in zip(tokens, logprobs, strict=True):
             text = self.string(token)
             strings.append(text)
             offsets.append(pos)

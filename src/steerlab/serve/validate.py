@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerlabError
 from ..spec import SpecError, SteeringFactory, SteeringSpec
 from ..tokens import Rendered, TokenPrompt
 from .config import ServeConfig
 from .protocol import APIError
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
 
 
 @dataclass
@@ -38,7 +41,7 @@ class RequestValidator:
     """Checks requests against the model (context length, control tokens) and the server's
     :class:`ServeConfig`; steering specs are checked by the same factory that later builds them."""
 
-    def __init__(self, lm: Any, factory: SteeringFactory, config: ServeConfig) -> None:
+    def __init__(self, lm: SteerModel, factory: SteeringFactory, config: ServeConfig) -> None:
         self.lm, self.factory, self.config = lm, factory, config
         self.context = getattr(lm.model.config, "max_position_embeddings", None)
         tok = lm.tokenizer

@@ -110,7 +110,11 @@ class VectorTable:
             for layer, t in sorted(vec.layers.items()):
                 self.sites.add((layer, vec.site))
                 unit = t.ndim == 1 and bool(t.float().norm() > 0)
-                forms = [t, Intervention(layer, "project_out", t).vector] if unit else [t]
+                forms = [t]
+                if unit:  # the unit direction that project_out and clamp read
+                    unit_form = Intervention(layer, "project_out", t).vector
+                    assert unit_form is not None
+                    forms.append(unit_form)
                 for form in forms:
                     key = _key(form)
                     if key not in self.index:
@@ -186,10 +190,11 @@ class Compiler:
             start = prompt_len
         elif start == "assistant":  # the raw-text rule when no chat header was found: the last prompt token
             start = assistant_start if assistant_start is not None else prompt_len - 1
-        end = NO_END if iv.window.end is None else int(iv.window.end)
-        if not isinstance(start, int) or not isinstance(iv.strength, (int, float)):
+        end = NO_END if iv.window.end is None else iv.window.end
+        if not isinstance(start, int) or not isinstance(end, int) or not isinstance(iv.strength, (int, float)):
             raise InputError("Per-row windows and strengths are built per request on vLLM; give one value.")
         vector = iv.vector
+        assert vector is not None  # "function" interventions are refused when the spec is compiled
         per_position = int(vector.ndim == 2)
         if per_position:
             end = min(end, start + vector.shape[0])

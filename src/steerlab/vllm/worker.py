@@ -172,7 +172,7 @@ class WorkerSteering:
 
         def pre_hook(module, args, kwargs):  # (positions, hidden_states, residual) as vLLM blocks take them
             names = ("positions", "hidden_states", "residual")
-            bound = dict(zip(names, args)) | kwargs
+            bound = dict(zip(names, args, strict=False)) | kwargs
             hidden, residual = bound["hidden_states"], bound.get("residual")
             bound["hidden_states"] = self._steer(s, hidden, residual)
             return (), bound
