@@ -32,3 +32,50 @@ def test_block_io_helpers_keep_the_container():
     assert args == () and kwargs["hidden_states"] is h2 and kwargs["x"] == 1
     args, kwargs = replace_input_hidden((h, extra), {}, h2)
     assert args[0] is h2 and args[1] is extra
+
+
+def test_every_result_object_follows_the_report_convention(tmp_path):
+    import json
+    from dataclasses import dataclass
+
+    from steerlab.evaluate.card import DoseResponseCard
+    from steerlab.evaluate.files import Report
+    from steerlab.evaluate.generalisation import GeneralisationReport
+    from steerlab.evaluate.reliability import ReliabilityReport
+    from steerlab.evaluate.sweep import SweepResult
+    from steerlab.pace.evaluation import PaceEval
+
+    for cls in (SweepResult, ReliabilityReport, GeneralisationReport, DoseResponseCard, PaceEval):
+        assert issubclass(cls, Report) and "save" not in vars(cls), cls
+
+    @dataclass
+    class Tiny(Report):
+        values: list[float]
+        default_stem = "tiny"
+
+        def title(self):
+            return "Tiny"
+
+        def table(self):
+            return "| v |\n|---|\n" + "\n".join(f"| {v} |" for v in self.values)
+
+        def plot(self, path):
+            from steerlab.evaluate.files import pyplot
+
+            plt = pyplot()
+            fig, ax = plt.subplots()
+            ax.plot(self.values)
+            fig.savefig(path)
+            plt.close(fig)
+
+        def extra_json(self):
+            return {"total": sum(self.values)}
+
+    md = Tiny([1.0, 2.0]).save(tmp_path / "out")
+    assert md == tmp_path / "out" / "tiny.md"
+    assert json.loads(md.with_suffix(".json").read_text()) == {"values": [1.0, 2.0], "total": 3.0}
+    assert md.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert md.read_text().startswith("# Tiny\n\n| v |") and "![tiny](tiny.png)" in md.read_text()
+    assert Tiny([3.0]).save(tmp_path / "out", "other").name == "other.md"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "other.json", "other.md", "other.png", "tiny.json", "tiny.md", "tiny.png"]  # no temporaries left

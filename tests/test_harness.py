@@ -105,13 +105,13 @@ def test_card_on_the_embedded_model(smol, vector_file, tmp_path):
     assert base.kl == pytest.approx(0.0, abs=1e-6)
     assert all(r.kl > 0.01 and r.perplexity > base.perplexity for r in card.rows if r.multiplier)
     # the behaviour column is CAA's p(matching) at each multiplier, as the behaviour scorer gives it
-    from steerlab.evaluate.behavior import answer_logprobs, p_matching
+    from steerlab.evaluate.behaviour import answer_logprobs, p_matching
 
     direct = p_matching(answer_logprobs(smol, items, vec, [-4.0, 0.0, 4.0])).mean(1)
     assert [r.p_matching for r in card.rows] == pytest.approx(direct.tolist(), abs=1e-5)
     span = card.within_budget()
     assert span is not None and span[0] <= 0 <= span[1]
-    folder = card.save(tmp_path / "card")
+    folder = card.save(tmp_path / "card").parent
     assert (folder / "card.png").stat().st_size > 10_000
     saved = json.loads((folder / "card.json").read_text())
     assert saved["within_budget"] == list(span) and len(saved["rows"]) == 3

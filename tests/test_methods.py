@@ -133,7 +133,7 @@ def test_caa_normalisation_to_mean_norm():
     lm = tiny_model("llama")
     a = caa.extract(lm, PAIRS, 2)
     b = a * 3.0
-    na, nb = caa.normalize_to_mean_norm([a, b])
+    na, nb = caa.normalise_to_mean_norm([a, b])
     assert abs(na.norms()[2] - nb.norms()[2]) < 1e-4
     assert abs(na.norms()[2] - 2 * a.norms()[2]) < 1e-3
 

@@ -9,7 +9,7 @@ from tiny import tiny_model
 
 from steerlab import datasets
 from steerlab.datasets import ContrastivePair, DatasetError
-from steerlab.evaluate.behavior import float32_logits
+from steerlab.evaluate.behaviour import float32_logits
 from steerlab.evaluate.reliability import reliability
 from steerlab.evaluate.stats import bootstrap_ci, random_direction, slope_standard_errors
 from steerlab.methods import caa

@@ -20,7 +20,7 @@ def test_arithmetic_and_norms():
     assert torch.allclose((b - a).layers[2], a.layers[2])
     assert torch.allclose((-a).layers[1], -a.layers[1])
     assert torch.allclose((a / 4).layers[1], a.layers[1] / 4)
-    assert all(abs(n - 5.0) < 1e-5 for n in a.normalized(5.0).norms().values())
+    assert all(abs(n - 5.0) < 1e-5 for n in a.normalised(5.0).norms().values())
     with pytest.raises(ValueError):
         a + _vec(d=16)
 

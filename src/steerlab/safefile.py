@@ -19,7 +19,7 @@ _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np
               "U8": np.uint8, "BOOL": np.bool_}
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
     """Create ``path`` by calling ``write(temporary_path)`` on a temporary file in the same folder and
     renaming it into place; on any error the old file (if any) is left untouched."""
     path = Path(path)

@@ -109,7 +109,7 @@ class SteeringVector:
     def norms(self) -> dict[int, float]:
         return {k: float(v.float().norm()) for k, v in self.layers.items()}
 
-    def normalized(self, norm: float = 1.0) -> SteeringVector:
+    def normalised(self, norm: float = 1.0) -> SteeringVector:
         """Each layer's tensor rescaled to ``norm`` (Frobenius norm for per-position tensors)."""
         return self._with({k: v * (norm / v.float().norm().clamp_min(1e-12)) for k, v in self.layers.items()})
 

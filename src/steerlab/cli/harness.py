@@ -92,9 +92,9 @@ def cmd_card(args) -> int:
                          tasks=[t for t in args.tasks.split(",") if t], behaviour_name=str(args.behaviour),
                          budget=args.budget, limit=args.limit or None, chat_template=args.chat_template,
                          task_folder=args.task_folder)
-    folder = card.save(args.out)
+    md = card.save(args.out)
     print(card.table())
-    print(f"wrote {folder / 'card.md'}, {folder / 'card.json'}, {folder / 'card.png'}")
+    print(f"wrote {md}, {md.with_suffix('.json')}, {md.with_suffix('.png')}")
     return 0
 
 

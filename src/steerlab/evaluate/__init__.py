@@ -1,5 +1,5 @@
 """Turning model outputs into numbers: behaviour scores and layer sweeps."""
 
-from .behavior import Variant, answer_logprobs, p_matching, propensity
+from .behaviour import Variant, answer_logprobs, p_matching, propensity
 
 __all__ = ["Variant", "answer_logprobs", "p_matching", "propensity"]

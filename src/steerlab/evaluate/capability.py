@@ -19,7 +19,7 @@ from ..datasets import ContrastivePair, load_ab
 from ..errors import InputError
 from ..steering import as_steering, steer
 from ..tokens import Rendered, encode_texts
-from .behavior import Variant, answer_logprobs, p_matching
+from .behaviour import Variant, answer_logprobs, p_matching
 
 if TYPE_CHECKING:
     from ..model import SteerModel

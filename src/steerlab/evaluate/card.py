@@ -18,12 +18,11 @@ most ``budget`` points below the unsteered accuracy (point estimates; the table 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 
@@ -31,8 +30,9 @@ from ..datasets import ContrastivePair
 from ..spec import SteeringFactory, SteeringSpec, VectorEntry
 from ..tokens import Rendered
 from ..vector import SteeringVector
-from .behavior import Variant, answer_logprobs, p_matching
+from .behaviour import Variant, answer_logprobs, p_matching
 from .capability import load_facts
+from .files import Report, pyplot
 
 if TYPE_CHECKING:
     from ..model import SteerModel
@@ -50,7 +50,7 @@ class CardRow:
 
 
 @dataclass
-class DoseResponseCard:
+class DoseResponseCard(Report):
     model: str
     vector: str
     layers: list[int]
@@ -93,22 +93,19 @@ class DoseResponseCard:
                      + (f"multipliers {span[0]:+g} to {span[1]:+g}." if span else "none, not even 0."))
         return "\n".join(lines)
 
-    def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "card.json").write_text(json.dumps({**asdict(self), "within_budget": self.within_budget()},
-                                                     indent=2))
-        (folder / "card.md").write_text(f"# Dose-response card: {self.vector} on {self.model}\n\n"
-                                        f"Behaviour: {self.behaviour} ({self.n_behaviour} items); layers "
-                                        f"{self.layers}.\n\n{self.table()}\n\n![card](card.png)\n")
-        self.plot(folder / "card.png")
-        return folder
+    default_stem = "card"
 
-    def plot(self, path: Path) -> None:
-        import matplotlib
+    def title(self) -> str:
+        return f"Dose-response card: {self.vector} on {self.model}"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def intro(self) -> str:
+        return f"Behaviour: {self.behaviour} ({self.n_behaviour} items); layers {self.layers}."
+
+    def extra_json(self) -> dict:
+        return {"within_budget": self.within_budget()}
+
+    def plot(self, path: str | Path | BinaryIO) -> None:
+        plt = pyplot()
 
         rows = sorted(self.rows, key=lambda r: r.multiplier)
         m = [r.multiplier for r in rows]

@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 
 from ..datasets import ContrastivePair
 from ..methods import caa
-from .behavior import Variant, answer_logprobs, propensity
-from .files import pyplot, save_json_and_plot
+from .behaviour import Variant, answer_logprobs, propensity
+from .files import Report, pyplot
 from .reliability import MULTIPLIERS, fit_lines
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def render_variant(pairs: Sequence[ContrastivePair], variant: str, for_text: str
 
 
 @dataclass
-class GeneralisationReport:
+class GeneralisationReport(Report):
     model: str
     dataset: str
     layer: int
@@ -61,11 +61,29 @@ class GeneralisationReport:
     ood_steerability: dict[str, float]  # baseline vector on each other variant
     relative_steerability: dict[str, float | None]
 
-    def save(self, folder: str | Path, name: str | None = None) -> Path:
-        stem = name or f"generalisation-{Path(self.dataset).stem}"
-        return save_json_and_plot(self, folder, stem) / f"{stem}.json"
+    def stem(self) -> str:
+        return f"generalisation-{Path(self.dataset).stem}"
 
-    def plot(self, path: Path) -> None:
+    def title(self) -> str:
+        return f"Generalisation: {self.dataset} on {self.model}, layer {self.layer}"
+
+    def intro(self) -> str:
+        return (f"Mean per-item steerability (slope of propensity over the multiplier, vectors scaled to "
+                f"{self.scale:g}); rows: the variant the vector was trained on, columns: the variant it is "
+                f"evaluated on. In-distribution steerability of the baseline vector: {self.id_steerability:.3f}.")
+
+    def table(self) -> str:
+        lines = ["| trained on \\ evaluated on | " + " | ".join(self.variants) + " |",
+                 "|---|" + "---:|" * len(self.variants)]
+        for name, row in zip(self.variants, self.steerability, strict=True):
+            lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in row) + " |")
+        lines += ["", "| variant | baseline vector's steerability | relative to in-distribution |", "|---|---:|---:|"]
+        for name, value in self.ood_steerability.items():
+            rel = self.relative_steerability.get(name)
+            lines.append(f"| {name} | {value:.3f} | {'-' if rel is None else f'{rel:.2f}'} |")
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path | BinaryIO) -> None:
         plt = pyplot()
         m = torch.tensor(self.steerability)
         fig, ax = plt.subplots(figsize=(5.2, 4.2))
@@ -99,7 +117,7 @@ def generalisation(lm: SteerModel, train: Sequence[ContrastivePair], test: Seque
                                  measure_letter=False, progress=progress)
     base_norm = vectors["baseline"].norms()[layer] if "baseline" in vectors else None
     if base_norm is not None:
-        vectors = {k: vec.normalized(base_norm) for k, vec in vectors.items()}
+        vectors = {k: vec.normalised(base_norm) for k, vec in vectors.items()}
     x = torch.tensor([float(m) for m in multipliers])
     matrix = [[0.0] * len(variants) for _ in variants]
     for j, test_variant in enumerate(variants):

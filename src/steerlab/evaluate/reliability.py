@@ -21,15 +21,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 
 from ..datasets import ContrastivePair, answer_letter, describe_balance, matching_is_a, matching_is_yes
 from ..errors import InputError
 from ..vector import SteeringVector
-from .behavior import Variant, answer_logprobs, propensity
-from .files import pyplot, save_json_and_plot
+from .behaviour import Variant, answer_logprobs, propensity
+from .files import Report, pyplot
 from .stats import bootstrap_ci, fraction_at_most_zero, null_vector, slope_standard_errors
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _ci(interval: Sequence[float]) -> str:
 
 
 @dataclass
-class ReliabilityReport:
+class ReliabilityReport(Report):
     model: str
     dataset: str
     layer: int
@@ -186,15 +186,19 @@ class ReliabilityReport:
                         f"propensity by {abs(self.mean_slope) * span:.3f} over the multiplier range)")
         return "\n".join(rows)
 
-    def save(self, folder: str | Path, name: str | None = None) -> Path:
-        stem = name or f"reliability-{Path(self.dataset).stem}"
-        folder = save_json_and_plot(self, folder, stem)
-        (folder / f"{stem}.md").write_text(
-            f"# Reliability: {self.dataset} on {self.model}, layer {self.layer}\n\n{self.summary()}\n\n"
-            f"{self.details()}\n\n![slopes]({stem}.png)\n")
-        return folder / f"{stem}.md"
+    def stem(self) -> str:
+        return f"reliability-{Path(self.dataset).stem}"
 
-    def plot(self, path: Path) -> None:
+    def title(self) -> str:
+        return f"Reliability: {self.dataset} on {self.model}, layer {self.layer}"
+
+    def intro(self) -> str:
+        return self.summary()
+
+    def table(self) -> str:
+        return self.details()
+
+    def plot(self, path: str | Path | BinaryIO) -> None:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 3.9))
         slopes = torch.tensor(self.slopes, dtype=torch.float64)

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..datasets import ContrastivePair, describe_balance
 from ..methods import caa
-from .behavior import Variant, answer_logprobs, p_matching, propensity
-from .files import pyplot, save_json_and_plot
+from .behaviour import Variant, answer_logprobs, p_matching, propensity
+from .files import Report, pyplot
 from .stats import null_vector
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SweepResult:
+class SweepResult(Report):
     model: str
     dataset: str
     layers: list[int]
@@ -71,18 +71,19 @@ class SweepResult:
                          f"{null} | {verdict} |")
         return "\n".join(lines)
 
-    def save(self, folder: str | Path, name: str | None = None) -> Path:
-        stem = name or f"sweep-{Path(self.dataset).stem}"
-        folder = save_json_and_plot(self, folder, stem)
-        md = (f"# Layer sweep: {self.dataset} on {self.model}\n\n{self.n_train} training pairs "
-              f"({self.train_balance or 'n/a'}), {self.n_test} test pairs ({self.test_balance or 'n/a'}); "
-              f"counterbalanced: {self.counterbalanced}; unsteered p(matching) = {self.baseline:.3f}.\n\n"
-              f"{self.table()}\n\n"
-              f"Recommended layer: {self.recommended_layer} ({self.how_chosen}).\n\n![sweep]({stem}.png)\n")
-        (folder / f"{stem}.md").write_text(md)
-        return folder / f"{stem}.md"
+    def stem(self) -> str:
+        return f"sweep-{Path(self.dataset).stem}"
 
-    def plot(self, path: Path) -> None:
+    def title(self) -> str:
+        return f"Layer sweep: {self.dataset} on {self.model}"
+
+    def intro(self) -> str:
+        return (f"{self.n_train} training pairs ({self.train_balance or 'n/a'}), {self.n_test} test pairs "
+                f"({self.test_balance or 'n/a'}); counterbalanced: {self.counterbalanced}; unsteered "
+                f"p(matching) = {self.baseline:.3f}. Recommended layer: {self.recommended_layer} "
+                f"({self.how_chosen}).")
+
+    def plot(self, path: str | Path | BinaryIO) -> None:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 3.8))
         colours = plt.get_cmap("viridis")

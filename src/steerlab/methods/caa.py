@@ -204,7 +204,7 @@ def extract(lm: SteerModel, pairs: Sequence[ContrastivePair], layers: int | Sequ
                           site="output", apply="assistant", meta=meta)
 
 
-def normalize_to_mean_norm(vectors: Sequence[SteeringVector]) -> list[SteeringVector]:
+def normalise_to_mean_norm(vectors: Sequence[SteeringVector]) -> list[SteeringVector]:
     """Rescale several behaviours' vectors so, at each layer, all have the mean of their norms."""
     layers = set.intersection(*(set(v.layers) for v in vectors))
     out = []
@@ -214,5 +214,5 @@ def normalize_to_mean_norm(vectors: Sequence[SteeringVector]) -> list[SteeringVe
             target = sum(float(w.layers[k].norm()) for w in vectors) / len(vectors)
             scaled[k] = v.layers[k] * (target / float(v.layers[k].norm()))
         out.append(SteeringVector(scaled, v.model_name, v.hidden_size, v.method, v.site, v.apply,
-                                  {**v.meta, "normalized_to_mean_norm": True}))
+                                  {**v.meta, "normalised_to_mean_norm": True}))
     return out

@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import InputError
 from ..evaluate.capability import token_nll
-from ..evaluate.files import pyplot, save_json_and_plot
+from ..evaluate.files import Report, pyplot
 from ..evaluate.text_scores import lexicon_rate, profanity_scores, vader_scores
 from .removal import METHODS
 
@@ -75,7 +75,7 @@ class MethodResult:
 
 
 @dataclass
-class PaceEval:
+class PaceEval(Report):
     task: str
     model: str
     layers: list[int]
@@ -92,7 +92,7 @@ class PaceEval:
                          f"{r.ms_per_token:.1f} |")
         return "\n".join(lines)
 
-    def plot(self, path: str | Path) -> None:
+    def plot(self, path: str | Path | BinaryIO) -> None:
         plt = pyplot()
         names = [r.method for r in self.results]
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -110,11 +110,12 @@ class PaceEval:
         fig.savefig(path, dpi=120)
         plt.close(fig)
 
-    def save(self, folder: str | Path) -> Path:
-        stem = f"pace-{self.task}"
-        folder = save_json_and_plot(self, folder, stem)
-        (folder / f"{stem}.md").write_text(self.table() + "\n")
-        return folder
+    def stem(self) -> str:
+        return f"pace-{self.task}"
+
+    def title(self) -> str:
+        return (f"PaCE on {self.model}: task {self.task}, {self.undesirable}/{self.concepts} concepts undesirable, "
+                f"layers {self.layers}")
 
 
 def evaluate_removal(lm: SteerModel, dictionary, partition, layers, *, task: str, prompts=None,
