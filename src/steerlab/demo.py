@@ -29,7 +29,7 @@ NEUTRAL_PROMPTS = [
 CAA_LAYER = 8
 CAA_MULTIPLIERS = (-4.0, -2.0, 0.0, 2.0, 4.0)
 ACTADD: dict[str, Any] = dict(positive="Love", negative="Hate", layer=10, coeff=5.0)
-SAMPLING = dict(do_sample=True, temperature=1.0, top_p=0.3, frequency_penalty=1.0, max_new_tokens=40)
+SAMPLING: dict[str, Any] = dict(do_sample=True, temperature=1.0, top_p=0.3, frequency_penalty=1.0, max_new_tokens=40)
 
 
 def _summary(xs: list[float]) -> tuple[float, float]:

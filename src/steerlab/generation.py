@@ -76,7 +76,7 @@ def generate_ids(lm: SteerModel, batch, interventions: Sequence[Intervention], *
 
 @torch.no_grad()
 def generate(
-    lm,
+    lm: SteerModel,
     prompts: str | Sequence[str],
     *,
     steering=None,

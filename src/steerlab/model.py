@@ -194,11 +194,17 @@ class SteerModel:
 
         return steer(self, *steering, batch=batch)
 
-    def generate(self, prompts: str | Sequence[str], **kwargs) -> list[str]:
-        """Generate completions; see :func:`steerlab.generation.generate`."""
+    def generate(self, prompts: str | Sequence[str], *, steering: object = None, max_new_tokens: int = 40,
+                 chat: bool = True, system: str | None = None, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, frequency_penalty: float = 0.0, seed: int | None = None, batch_size: int = 8,
+                 progress: bool | None = None) -> list[str]:
+        """Complete each prompt (the generated text only), under ``steering`` if given: anything
+        :func:`steerlab.steering.as_steering` takes. See :func:`steerlab.generation.generate`."""
         from .generation import generate
 
-        return generate(self, prompts, **kwargs)
+        return generate(self, prompts, steering=steering, max_new_tokens=max_new_tokens, chat=chat, system=system,
+                        do_sample=do_sample, temperature=temperature, top_p=top_p,
+                        frequency_penalty=frequency_penalty, seed=seed, batch_size=batch_size, progress=progress)
 
 
 def _execution_device(module: nn.Module, model: nn.Module) -> torch.device:
