@@ -194,3 +194,26 @@ def test_a_labels_file_loads_or_names_file_and_line(small_dictionary, tmp_path_f
     assert len(part.undesirable) == len(small_dictionary[0])
     again = part.save(path.with_suffix(".again.tsv"))  # what loads also round-trips
     assert torch.equal(Partition.load(again, small_dictionary[0]).undesirable, part.undesirable)
+
+
+@FAST
+@given(data=st.data(), meta=st.dictionaries(TEXT, JSON, max_size=3))
+def test_steerlab_info_prints_strict_json_or_one_error_line(vector_bytes, tmp_path_factory, data, meta, capsys):
+    """The CLI on a damaged file, or on a good file whose metadata holds anything JSON can (NaN, huge
+    numbers, odd strings): valid strict JSON and status 0, or one `error:` line and status 2."""
+    from steerlab.cli import main
+
+    folder = tmp_path_factory.mktemp("info")
+    damaged = folder / "damaged.safetensors"
+    damaged.write_bytes(_damage(vector_bytes, data))
+    odd = folder / "meta.safetensors"
+    SteeringVector({1: torch.ones(4)}, "m", 4, meta=meta).save(odd)
+    for path in (damaged, odd):
+        capsys.readouterr()
+        code = main(["info", str(path)])
+        out, err = capsys.readouterr()
+        if code == 0:
+            json.loads(out, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c} in: {out}"))
+            assert err == ""
+        else:
+            assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err
