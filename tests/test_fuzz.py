@@ -213,7 +213,10 @@ def test_steerlab_info_prints_strict_json_or_one_error_line(vector_bytes, tmp_pa
         code = main(["info", str(path)])
         out, err = capsys.readouterr()
         if code == 0:
-            json.loads(out, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c} in: {out}"))
+            def refuse(constant: str, printed: str = out) -> None:
+                pytest.fail(f"invalid JSON constant {constant} in: {printed}")
+
+            json.loads(out, parse_constant=refuse)
             assert err == ""
         else:
             assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err

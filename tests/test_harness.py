@@ -62,6 +62,35 @@ def test_server_and_in_process_routes_agree(smol, vector_file, tasks):
     assert per_request(inproc[12]) != per_request(inproc[0])
 
 
+
+def test_chat_completions_route_generates_what_the_in_process_model_generates(smol, vector_file, tasks):
+    """lm-eval's local-chat-completions (generation tasks, chat template applied by the server) against
+    steerlab serve, steering in the model name, gives the same text per document as the in-process
+    model with --apply_chat_template, steered (CAA's own window) and unsteered."""
+    from steerlab.vector import SteeringVector
+
+    task, limit = "steerlab_facts", 8
+
+    def texts(results: dict) -> list[str]:
+        return [s["resps"][0][0] for s in sorted(results["samples"][task], key=lambda s: s["doc_id"])]
+
+    app = create_app(smol, {"sentiment": SteeringVector.load(vector_file, smol)}, batch_wait=0.0)
+    served, inproc = {}, {}
+    with BackgroundServer(app) as srv:
+        for mult in (0, 10):
+            served[mult] = texts(lm_eval.simple_evaluate(
+                model="local-chat-completions", tasks=[task], task_manager=tasks, limit=limit, log_samples=True,
+                apply_chat_template=True, model_args=f"model=smollm2-135m+sentiment*{mult},"
+                f"base_url={srv.url}/v1/chat/completions,max_retries=1"))
+    for mult in (0, 10):
+        spec = {"vectors": [{"name": str(vector_file), "multiplier": mult}]}
+        inproc[mult] = texts(lm_eval.simple_evaluate(model=SteerlabLM(lm=smol, steering=spec), tasks=[task],
+                                                     task_manager=tasks, limit=limit, log_samples=True,
+                                                     apply_chat_template=True))
+    assert served == inproc
+    assert served[10] != served[0]  # the steering reached the generations
+
+
 def test_tasks_are_written_offline(tmp_path, shared_data):
     caa_file = shared_data / "caa" / "corrigible-neutral-HHH.json"
     if not caa_file.exists():
@@ -130,3 +159,33 @@ def test_within_budget_reads_every_task():
     assert card.within_budget() == (-2.0, 2.0)
     card.budget = 0.5
     assert card.within_budget() == (0.0, 0.0)
+
+
+def test_rolling_log_likelihood_scores_every_token_once_in_windows(smol):
+    """Perplexity tasks: a document within the window is one pass (prefix token, then every token);
+    a longer one is cut into lm-eval's disjoint rolling windows, each token scored once with up to
+    max_length tokens before it."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    text = ("The harbour was quiet that morning. Gulls circled over the boats while the fishermen mended "
+            "their nets and talked about the weather, the price of fuel and the football.")
+    request = [Instance("loglikelihood_rolling", {}, (text,), 0)]
+    ids = smol.tokenizer(text, add_special_tokens=False)["input_ids"]
+    whole = SteerlabLM(lm=smol)
+    full = whole.score([[whole.prefix_token_id, *ids]])[0]
+    full_sum = sum(e.logprob for e in full[1:])
+    assert whole.loglikelihood_rolling(request)[0] == pytest.approx(full_sum, abs=1e-3)
+
+    short = SteerlabLM(lm=smol, max_length=16)
+    windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+        token_list=ids, prefix_token=whole.prefix_token_id, max_seq_len=16, context_len=1)]
+    assert len(windows) > 2 and sum(len(target) for _, target in windows) == len(ids)
+    by_hand = 0.0
+    for context, target in windows:
+        row = (context + target)[-17:]  # 16 tokens of input, predicting the next one each
+        assert len(row) > len(target)  # every scored token has at least one token before it
+        by_hand += sum(e.logprob for e in whole.score([row])[0][len(row) - len(target):])
+    windowed = short.loglikelihood_rolling(request)[0]
+    assert windowed == pytest.approx(by_hand, abs=1e-3)
+    assert windowed < full_sum  # less context: a lower likelihood

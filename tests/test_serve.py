@@ -213,12 +213,14 @@ def test_serve_cli_end_to_end(tmp_path, vectors):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # Output goes to a file (a pipe nobody reads can fill and block the server); on a hang, SIGABRT makes
-    # faulthandler print every thread's stack into it.
+    # faulthandler print every thread's stack into it. The server starts with SIGINT ignored, as a
+    # non-interactive shell starts a background job: Ctrl-C must still stop it.
     log_path = tmp_path / "serve.log"
     log = log_path.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "steerlab.cli", "serve", "--port", str(port), "--vectors",
                              str(tmp_path / "vectors"), "--api-key", "k"], stdout=log, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "STEERLAB_API_KEY": "", "PYTHONFAULTHANDLER": "1"})
+                            text=True, env={**os.environ, "STEERLAB_API_KEY": "", "PYTHONFAULTHANDLER": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
@@ -246,6 +248,7 @@ def test_serve_cli_end_to_end(tmp_path, vectors):
             raise AssertionError("steerlab serve did not stop on Ctrl-C:\n" + log_path.read_text()) from None
         finally:
             log.close()
+    assert proc.returncode == 0, log_path.read_text()
 
 
 def test_serve_cli_refuses_public_bind_without_key():

@@ -238,3 +238,44 @@ def test_openai_server_steers_and_answers_bad_steering_with_400(vectors_dir, tmp
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_fuzzed_steering_is_refused_alone_and_never_changes_other_requests(llm, smol):
+    """Random steering fields (valid names and ops mixed with garbage, huge and non-finite numbers):
+    each request is served or refused with a VLLMValidationError, never anything else, and after the
+    fuzzing an unsteered request still gives exactly the tokens it gave before."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from vllm.exceptions import VLLMValidationError
+
+    number = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                       st.sampled_from([0, 1, 4, -6, 49.9, 50.1]))
+    anything = st.recursive(st.none() | st.booleans() | number | st.text(max_size=8),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                      max_size=3), max_leaves=6)
+    entry = st.fixed_dictionaries({"name": st.sampled_from(["sentiment", "lovehate", "nope"]) | anything}, optional={
+        "multiplier": number | anything, "op": st.sampled_from(["add", "project_out", "clamp", "bogus"]),
+        "value": number, "layers": st.lists(st.integers(-3, 40), max_size=3) | anything,
+        "window": st.sampled_from(["own", "all", "assistant", "generated", "user"])
+        | st.fixed_dictionaries({"start": st.integers(-2, 600), "end": st.integers(-2, 600)}) | anything})
+    spec = st.fixed_dictionaries({}, optional={"vectors": st.lists(entry, max_size=20) | anything,
+                                               "actadd": anything, "pace": anything}) | anything
+    before = run(llm, smol, [(SHORT, None)])[0].outputs[0].token_ids
+    outcomes = {"served": 0, "refused": 0}
+
+    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(body=spec | spec.map(lambda s: json.dumps(s, allow_nan=True)))
+    def one(body):
+        try:
+            out = run(llm, smol, [(SHORT, body)])
+        except VLLMValidationError:
+            outcomes["refused"] += 1
+            return
+        assert len(out[0].outputs[0].token_ids) > 0
+        outcomes["served"] += 1
+
+    one()
+    assert outcomes["refused"] > 0 and outcomes["served"] > 0, outcomes
+    assert run(llm, smol, [(SHORT, None)])[0].outputs[0].token_ids == before
+    with pytest.raises(VLLMValidationError, match="total"):  # one vector listed twice adds up
+        run(llm, smol, [(SHORT, {"vectors": [{"name": "sentiment", "multiplier": 30}] * 2})])

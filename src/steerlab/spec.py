@@ -300,6 +300,10 @@ class SteeringFactory:
     allow_other_model: bool = False
     chat: bool = True  # ActAdd pairs are read as chat user turns (False: raw text)
     actadd_cache_size: int = 32
+    # Strength limits for specs from untrusted clients (the servers set them; None: no limit). The
+    # multiplier limit holds for each vector's combined strength: listing one vector many times adds up.
+    max_multiplier: float | None = None
+    max_clamp: float = 1e4
     _actadd: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _partitions: dict = field(default_factory=dict, repr=False)
     _files: dict = field(default_factory=dict, repr=False)
@@ -346,6 +350,24 @@ class SteeringFactory:
             if bad:
                 raise SpecError(f"The dictionary has layers {self.dictionary.layers}, not {bad}.",
                                 "steering.pace.layers")
+        if self.max_multiplier is not None:
+            self._check_strengths(spec, self.max_multiplier)
+
+    def _check_strengths(self, spec: SteeringSpec, limit: float) -> None:
+        total: dict[str, float] = {}
+        for i, v in enumerate(spec.vectors):
+            total[v.name] = total.get(v.name, 0.0) + abs(v.multiplier)
+            if total[v.name] > limit:
+                raise SpecError(f"multiplier {v.multiplier} of {v.name!r} brings its total |multiplier| in this "
+                                f"request to {total[v.name]:g}, outside +-{limit}.",
+                                f"steering.vectors[{i}].multiplier")
+            if v.op == "clamp" and abs(v.value) > self.max_clamp:
+                raise SpecError(f"clamp value {v.value} is outside +-{self.max_clamp:g}.",
+                                f"steering.vectors[{i}].value")
+        if spec.actadd is not None and abs(spec.actadd.coeff) > limit:
+            raise SpecError(f"actadd.coeff {spec.actadd.coeff} is outside +-{limit}.", "steering.actadd.coeff")
+        if spec.pace is not None and abs(spec.pace.strength) > limit:
+            raise SpecError(f"pace.strength {spec.pace.strength} is outside +-{limit}.", "steering.pace.strength")
 
     # ------------------------------------------------------------------ building
     def build(self, spec: SteeringSpec | Mapping | None) -> Combined:

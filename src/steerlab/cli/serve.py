@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 from ..errors import InputError
 from ..serve.config import ServeConfig
 from .args import add_model_args, load_model
@@ -45,6 +47,14 @@ def cmd_serve(args) -> int:
     http.start()
     print(f"serving {lm.name} with vectors {sorted(vectors) or 'none'} on http://{args.host}:{args.port} "
           f"(playground at /, OpenAI API at /v1); Ctrl-C stops")
+    # Ctrl-C and SIGTERM (process managers, `docker stop`) both stop the server cleanly. The handlers are
+    # set explicitly: a process started in the background by a non-interactive shell inherits SIGINT
+    # as ignored, and Python then never raises KeyboardInterrupt (the server ran on for ever).
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     try:
         app.state.engine.run_forever()
     except KeyboardInterrupt:

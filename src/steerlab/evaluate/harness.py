@@ -88,8 +88,10 @@ class SteerlabLM(TemplateLM):
         self.factory.check(self.spec)
         self.steering = self.factory.build(self.spec)
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
+        # A row is max_length tokens of input plus the token they predict: keep it within the positions
+        # the model has.
         context = getattr(lm.model.config, "max_position_embeddings", None) or 2048
-        self.max_length = int(max_length or context)
+        self.max_length = int(max_length or context - 1)
 
     # ------------------------------------------------------------------ lm-eval's interface
     @property
@@ -118,8 +120,11 @@ class SteerlabLM(TemplateLM):
                               disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         rows = []
         for _, context, continuation in requests:
-            ids = (context + continuation)[-self.max_length:]  # left-truncated as the API models do
-            rows.append((ids, len(ids) - len(continuation)))
+            # Left-truncated as lm-eval's own models do: at most max_length tokens of input before each
+            # scored token (the row's last token is only predicted). A token with nothing before it
+            # cannot be scored, so at least the first token of a row counts as context.
+            ids = (context + continuation)[-(self.max_length + 1):]
+            rows.append((ids, max(1, len(ids) - len(continuation))))
         scores = self.score([row[0] for row in rows], disable_tqdm=disable_tqdm)
         out = []
         for (_, ctxlen), lp in zip(rows, scores, strict=True):
@@ -129,13 +134,19 @@ class SteerlabLM(TemplateLM):
         return out
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        """Whole-document log-likelihood (perplexity tasks). A document longer than ``max_length`` is
+        cut into lm-eval's rolling windows: every token is scored exactly once, each window seeing up
+        to ``max_length`` tokens, the first token conditioned on the prefix token (BOS, else EOS)."""
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
         out = []
         for (text,) in tqdm([r.args for r in requests], disable=disable_tqdm, desc="rolling log-likelihood"):
-            ids = [self.prefix_token_id, *self.tok_encode(text)]
-            if len(ids) > self.max_length:
-                raise InputError(f"A document of {len(ids)} tokens is over the {self.max_length}-token window; "
-                                 "rolling windows are not implemented.")
-            out.append(float(sum(e.logprob for e in self.score([ids], disable_tqdm=True)[0][1:])))
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+                context_len=1)]
+            scores = self._loglikelihood_tokens([(None, context, target) for context, target in windows],
+                                                disable_tqdm=True)
+            out.append(float(sum(s for s, _ in scores)))
         return out
 
     @torch.no_grad()

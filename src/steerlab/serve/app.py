@@ -137,7 +137,8 @@ def create_app(lm: SteerModel, vectors: dict | None = None, *, dictionary=None, 
         if vec.nonfinite_layers():
             raise InputError(f"Vector {name!r} holds NaN or infinite values; refusing to serve it.")
     config = replace(config or ServeConfig(), **settings)
-    factory = SteeringFactory(lm, vectors, dictionary, actadd_cache_size=config.actadd_cache)
+    factory = SteeringFactory(lm, vectors, dictionary, actadd_cache_size=config.actadd_cache,
+                              max_multiplier=config.max_multiplier)
     validator = RequestValidator(lm, factory, config)
     engine = Engine(lm, factory, config, start_thread=engine_thread)
     app = FastAPI(title="steerlab", version="1")

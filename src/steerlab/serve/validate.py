@@ -71,23 +71,6 @@ class RequestValidator:
             raise APIError(status, str(err), param=err.param, code=err.code) from None
         except SteerlabError as err:  # e.g. a vector file that could not be read
             raise APIError(400, str(err), param="steering") from None
-        limit = self.config.max_multiplier
-        total: dict[str, float] = {}
-        for i, v in enumerate(spec.vectors):
-            # The limit holds for each vector's combined strength: listing one vector many times adds up.
-            total[v.name] = total.get(v.name, 0.0) + abs(v.multiplier)
-            if total[v.name] > limit:
-                raise APIError(400, f"multiplier {v.multiplier} of {v.name!r} brings its total |multiplier| in this "
-                                    f"request to {total[v.name]:g}, outside +-{limit}.",
-                               param=f"steering.vectors[{i}].multiplier")
-            if v.op == "clamp" and abs(v.value) > 1e4:
-                raise APIError(400, f"clamp value {v.value} is outside +-1e4.", param=f"steering.vectors[{i}].value")
-        if spec.actadd is not None and abs(spec.actadd.coeff) > limit:
-            raise APIError(400, f"actadd.coeff {spec.actadd.coeff} is outside +-{limit}.",
-                           param="steering.actadd.coeff")
-        if spec.pace is not None and abs(spec.pace.strength) > limit:
-            raise APIError(400, f"pace.strength {spec.pace.strength} is outside +-{limit}.",
-                           param="steering.pace.strength")
         return spec
 
     def job(self, req: Any, rendered: Rendered | TokenPrompt, max_tokens: int | None, *,

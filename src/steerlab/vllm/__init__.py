@@ -19,9 +19,10 @@ from .program import EXTRA_KEY, Compiler, ModelFacts, PluginConfig
 __all__ = ["EXTRA_KEY", "Compiler", "ModelFacts", "PluginConfig", "engine_config"]
 
 
-def engine_config(vectors: str, *, model_name: str | None = None, max_ops: int = 4) -> dict:
-    """The ``additional_config`` that turns the plugin on for an engine."""
-    out: dict = {"vectors": str(vectors), "max_ops": max_ops}
+def engine_config(vectors: str, *, model_name: str | None = None, max_ops: int = 4,
+                  max_multiplier: float = 50.0) -> dict:
+    """The ``additional_config`` that turns the plugin on for an engine (options: :class:`PluginConfig`)."""
+    out: dict = {"vectors": str(vectors), "max_ops": max_ops, "max_multiplier": max_multiplier}
     if model_name is not None:
         out["model_name"] = model_name
     return {"steerlab": out}

@@ -55,11 +55,14 @@ class PluginConfig:
     ``vectors``: folder of ``.safetensors`` / ``.gguf`` steering vectors, served by file stem.
     ``model_name``: the steerlab name the vectors were made for (default: accept any vector of the
     right hidden size). ``max_ops``: operations one request may put on one site (table width).
+    ``max_multiplier``: each vector's combined |multiplier| in one request (as ``steerlab serve``'s
+    ``--max-multiplier``, default 50; clamp values within +-1e4).
     """
 
     vectors: str
     model_name: str | None = None
     max_ops: int = 4
+    max_multiplier: float = 50.0
 
     @classmethod
     def from_additional(cls, additional: Any) -> PluginConfig | None:
@@ -68,13 +71,17 @@ class PluginConfig:
             return None
         if not isinstance(raw, Mapping) or not isinstance(raw.get("vectors"), str):
             raise InputError('additional_config["steerlab"] must be {"vectors": FOLDER, ...}.')
-        unknown = set(raw) - {"vectors", "model_name", "max_ops"}
+        unknown = set(raw) - {"vectors", "model_name", "max_ops", "max_multiplier"}
         if unknown:
             raise InputError(f'additional_config["steerlab"] has unknown keys {sorted(unknown)}.')
         max_ops = raw.get("max_ops", 4)
         if not isinstance(max_ops, int) or not 1 <= max_ops <= 64:
             raise InputError('additional_config["steerlab"]["max_ops"] must be an integer in 1..64.')
-        return cls(raw["vectors"], raw.get("model_name"), max_ops)
+        max_multiplier = raw.get("max_multiplier", 50.0)
+        if isinstance(max_multiplier, bool) or not isinstance(max_multiplier, (int, float)) \
+                or not 0 < max_multiplier < float("inf"):
+            raise InputError('additional_config["steerlab"]["max_multiplier"] must be a positive number.')
+        return cls(raw["vectors"], raw.get("model_name"), max_ops, float(max_multiplier))
 
 
 class Op(NamedTuple):
@@ -136,10 +143,11 @@ class Compiler:
     facts: ModelFacts
     vectors: dict[str, SteeringVector]
     max_ops: int = 4
+    max_multiplier: float | None = 50.0
 
     def __post_init__(self) -> None:
         self.table = VectorTable(self.vectors, self.facts.hidden_size)
-        self.factory = SteeringFactory(self.facts, self.vectors)
+        self.factory = SteeringFactory(self.facts, self.vectors, max_multiplier=self.max_multiplier)
 
     @classmethod
     def from_config(cls, config: PluginConfig, facts: ModelFacts) -> Compiler:
@@ -149,7 +157,7 @@ class Compiler:
         check = facts if config.model_name is None else ModelFacts(config.model_name, facts.hidden_size,
                                                                      facts.num_layers)
         vectors = load_vector_folder(folder, check, allow_other_model=config.model_name is None)
-        return cls(facts, vectors, config.max_ops)
+        return cls(facts, vectors, config.max_ops, config.max_multiplier)
 
     def spec_of(self, extra_args: Mapping[str, Any] | None) -> SteeringSpec:
         """The request's spec: a JSON object in ``extra_args["steering"]``, or that object as a JSON

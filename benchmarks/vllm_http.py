@@ -1,0 +1,165 @@
+"""Steered vLLM against steerlab's own server, both over HTTP on loopback, side by side in one run.
+
+Throughput (generated tokens/s) and p50/p95 latency at 1, 4, 16 and 32 concurrent clients for:
+vLLM's OpenAI server with the steerlab plugin with no request steered, every request steered (each
+with other vectors and strengths, via ``vllm_xargs``) and half of them steered; and ``steerlab serve``
+(Hugging Face generate) unsteered and steered. Every request: one chat turn, greedy, ``--tokens``
+new tokens. Each engine runs in its default CPU precision (vLLM bf16, steerlab fp32) unless
+``--dtype`` is given, which sets vLLM's.
+
+Runs in the vLLM environment (``make setup-vllm``)::
+
+    .venv-vllm/bin/python benchmarks/vllm_http.py [--tokens 32] [--requests-per-client 2]
+
+Writes benchmarks/results/vllm-http.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save_report  # noqa: E402
+from vllm_steering import PROMPTS, make_vectors, spec  # noqa: E402
+
+CLIENTS = (1, 4, 16, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], url: str, log: Path, env: dict | None = None, timeout: float = 600) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    raise RuntimeError(f"server did not start in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def load(url: str, model: str, clients: int, per_client: int, tokens: int, steering_of) -> dict:
+    """``clients`` threads each sending ``per_client`` requests back to back; ``steering_of(i)`` gives
+    request i's extra body fields (empty: unsteered)."""
+    import httpx
+
+    def one(i: int) -> tuple[float, int, int]:
+        body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                "max_tokens": tokens, "temperature": 0, **steering_of(i)}
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
+        done = r.json().get("usage", {}).get("completion_tokens", 0) if r.status_code == 200 else 0
+        return time.perf_counter() - t0, r.status_code, done
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(clients * per_client)))
+    wall = time.perf_counter() - t0
+    lat = sorted(x[0] for x in results)
+    return {"clients": clients, "requests": len(results), "wall_s": wall,
+            "tokens_per_s": sum(x[2] for x in results) / wall, "p50_s": statistics.median(lat),
+            "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+            "errors": sum(code != 200 for _, code, _ in results)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--dtype", default="bfloat16", help="vLLM's dtype (its CPU default)")
+    args = ap.parse_args()
+    from steerlab.model import builtin_model_dir
+
+    folder = Path(tempfile.mkdtemp(prefix="steerlab-vllm-http-"))
+    names = make_vectors(folder)
+    model_dir = str(builtin_model_dir("smollm2-135m"))
+    rows: list[dict] = []
+
+    def run(engine: str, url: str, model: str, modes: dict) -> None:
+        load(url, model, 1, 2, 4, lambda i: {})  # warm-up
+        for clients in CLIENTS:
+            per = args.requests_per_client * (2 if clients == 1 else 1)
+            for mode, steering_of in modes.items():
+                row = {"engine": engine, "mode": mode,
+                       **load(url, model, clients, per, args.tokens, steering_of)}
+                rows.append(row)
+                print(f"{engine:>8} {mode:<12} {clients:>2} clients: {row['tokens_per_s']:6.1f} tok/s, "
+                      f"p50 {row['p50_s']:.2f} s, p95 {row['p95_s']:.2f} s, errors {row['errors']}", flush=True)
+
+    def xargs(i: int) -> dict:
+        return {"vllm_xargs": {"steering": json.dumps(spec(names, i))}}
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    vllm = start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--port",
+                  str(port), "--dtype", args.dtype, "--max-model-len", "512", "--enforce-eager", "--max-num-seqs",
+                  "32", "--served-model-name", "smol", "--additional-config",
+                  json.dumps({"steerlab": {"vectors": str(folder)}})], url, folder / "vllm.log",
+                 {"VLLM_CPU_KVCACHE_SPACE": "2"})
+    try:
+        run("vllm", url, "smol", {"unsteered": lambda i: {}, "all steered": xargs,
+                                  "half steered": lambda i: xargs(i) if i % 2 else {}})
+    finally:
+        vllm.terminate()
+        vllm.wait(timeout=60)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ours = start([sys.executable, "-m", "steerlab.cli", "serve", "--port", str(port), "--vectors", str(folder),
+                  "--max-queue", "128", "--max-batch", "16"], url, folder / "steerlab.log", {"STEERLAB_API_KEY": ""})
+    try:
+        run("steerlab", url, "smollm2-135m", {"unsteered": lambda i: {},
+                                              "all steered": lambda i: {"steering": spec(names, i)}})
+    finally:
+        ours.terminate()
+        ours.wait(timeout=60)
+
+    def tps(engine: str, mode: str, clients: int) -> float:
+        return next(r["tokens_per_s"] for r in rows
+                    if r["engine"] == engine and r["mode"] == mode and r["clients"] == clients)
+
+    lines = ["# Steered vLLM vs steerlab serve over HTTP", "",
+             f"SmolLM2-135M, one chat turn per request, greedy, up to {args.tokens} new tokens, loopback. vLLM "
+             f"({args.dtype}, eager, CPU build) with the steerlab plugin; steerlab serve (HF generate, fp32). "
+             "Steered requests use 6 vectors with different strengths, a third of them also projecting one out.",
+             "", "| engine | steering | clients | tok/s | p50 (s) | p95 (s) | errors |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['engine']} | {r['mode']} | {r['clients']} | {r['tokens_per_s']:.1f} | {r['p50_s']:.2f} | "
+              f"{r['p95_s']:.2f} | {r['errors']} |" for r in rows]
+    lines += ["", "| clients | vLLM steered / unsteered | vLLM half / unsteered | vLLM steered / steerlab steered |",
+              "|---:|---:|---:|---:|"]
+    ratios = []
+    for c in CLIENTS:
+        r = {"clients": c, "steered_vs_unsteered": tps("vllm", "all steered", c) / tps("vllm", "unsteered", c),
+             "half_vs_unsteered": tps("vllm", "half steered", c) / tps("vllm", "unsteered", c),
+             "vllm_vs_steerlab_steered": tps("vllm", "all steered", c) / tps("steerlab", "all steered", c)}
+        ratios.append(r)
+        lines.append(f"| {c} | {r['steered_vs_unsteered']:.2f}x | {r['half_vs_unsteered']:.2f}x | "
+                     f"{r['vllm_vs_steerlab_steered']:.2f}x |")
+    save_report("vllm-http", lines, {"tokens": args.tokens, "dtype": args.dtype, "rows": rows, "ratios": ratios})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
