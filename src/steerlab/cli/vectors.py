@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from .args import add_model_args, counterbalance_arg, load_model, parse_layers
@@ -88,8 +89,20 @@ def cmd_info(args) -> int:
     info["norms"] = {str(k): round(n, 4) for k, n in vec.norms().items()}
     info["shapes"] = {str(k): list(t.shape) for k, t in vec.layers.items()}
     info["meta"] = {k: v for k, v in vec.meta.items() if not k.endswith("_ids")}
-    print(json.dumps(info, indent=2, ensure_ascii=False))
+    print(json.dumps(_strict_json(info), indent=2, ensure_ascii=False, allow_nan=False))
     return 0
+
+
+def _strict_json(value: object) -> object:
+    """``value`` with non-finite floats (which metadata may hold) written as strings ("inf", "nan"), so
+    the output is JSON that strict parsers accept."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def add_parsers(sub) -> None:
