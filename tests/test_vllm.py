@@ -279,3 +279,57 @@ def test_fuzzed_steering_is_refused_alone_and_never_changes_other_requests(llm, 
     assert run(llm, smol, [(SHORT, None)])[0].outputs[0].token_ids == before
     with pytest.raises(VLLMValidationError, match="total"):  # one vector listed twice adds up
         run(llm, smol, [(SHORT, {"vectors": [{"name": "sentiment", "multiplier": 30}] * 2})])
+
+
+PREEMPT_SCRIPT = r"""
+import json, os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.v1.core.sched import scheduler as sched
+from steerlab.vllm import engine_config
+
+preempted = []
+original = sched.Scheduler._preempt_request
+def counting(self, request, *args, **kwargs):
+    preempted.append(request.request_id)
+    return original(self, request, *args, **kwargs)
+sched.Scheduler._preempt_request = counting
+
+model, vectors, jobs = sys.argv[1], sys.argv[2], json.loads(sys.stdin.read())
+# 6 KV blocks of 32 tokens for 8 requests of ~90 tokens each: the scheduler must preempt and recompute.
+llm = LLM(model=model, dtype="float32", max_model_len=128, enforce_eager=True, seed=0, block_size=32,
+          num_gpu_blocks_override=6, max_num_seqs=8, max_num_batched_tokens=64, enable_prefix_caching=False,
+          additional_config=engine_config(vectors))
+params = [SamplingParams(max_tokens=j["new"], temperature=0, ignore_eos=True,
+                         extra_args=None if j["spec"] is None else {"steering": j["spec"]}) for j in jobs]
+outs = llm.generate([TokensPrompt(prompt_token_ids=j["ids"]) for j in jobs], params, use_tqdm=False)
+print("RESULT" + json.dumps({"tokens": [list(o.outputs[0].token_ids) for o in outs], "preempted": len(preempted)}))
+"""
+
+
+def test_preempted_and_recomputed_requests_keep_their_steering(llm, smol, vectors_dir):
+    """A KV cache far too small for the batch makes vLLM preempt requests and recompute them later
+    (from their prompt and the tokens generated so far): each still gets exactly its own steering at its
+    absolute positions, i.e. the tokens it gets alone on a roomy engine."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    specs = [s for s in SPECS.values() if s is not None]
+    jobs = [{"ids": prompt_ids(smol, SHORT if i % 2 else LONG.split(",")[0]), "spec": specs[i % len(specs)],
+             "new": 56} for i in range(8)]
+    jobs[3]["spec"] = None  # one unsteered request among them
+    proc = subprocess.run([sys.executable, "-c", PREEMPT_SCRIPT, model_dir(), str(vectors_dir)],
+                          input=json.dumps(jobs), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT")), None)
+    assert line is not None, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(line[len("RESULT"):])
+    assert result["preempted"] > 0, "the test did not force a preemption"
+    alone = []
+    for j in jobs:
+        params = SamplingParams(max_tokens=j["new"], temperature=0, ignore_eos=True,
+                                extra_args=None if j["spec"] is None else {"steering": j["spec"]})
+        out = llm.generate([TokensPrompt(prompt_token_ids=j["ids"])], [params], use_tqdm=False)
+        alone.append(list(out[0].outputs[0].token_ids))
+    assert result["tokens"] == alone
