@@ -7,6 +7,7 @@ comparisons read). Both carry the machine, the library versions and the git comm
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import json
 import os
@@ -123,3 +124,27 @@ def save_report(stem: str, lines: list[str], data: dict | None = None, out_dir: 
         (out_dir / f"{stem}.json").write_text(json.dumps({"command": cmd, "machine": info, **data}, indent=2) + "\n")
     print(text)
     return path
+
+
+def chat_load(url: str, body_of: Callable[[int], dict], clients: int, per_client: int) -> dict:
+    """``clients`` threads each sending ``per_client`` chat requests back to back to the OpenAI-style
+    server at ``url`` (request ``i`` is ``body_of(i)``); wall time, generated tokens/s, p50/p95 latency,
+    errors (any status but 200)."""
+    import httpx
+
+    def one(i: int) -> tuple[float, int, int]:
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/v1/chat/completions", json=body_of(i), timeout=600)
+        done = r.json().get("usage", {}).get("completion_tokens", 0) if r.status_code == 200 else 0
+        return time.perf_counter() - t0, r.status_code, done
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(clients * per_client)))
+    wall = time.perf_counter() - t0
+    lat = sorted(x[0] for x in results)
+    errors = sum(code != 200 for _, code, _ in results)
+    return {"clients": clients, "requests": len(results), "wall_s": wall, "requests_per_s": len(results) / wall,
+            "tokens_per_s": sum(x[2] for x in results) / wall, "p50_s": statistics.median(lat),
+            "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))], "errors": errors,
+            "error_rate": errors / len(results)}

@@ -14,13 +14,10 @@ Writes benchmarks/results/serve-load.md and .json.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import statistics
 import threading
-import time
 
 import httpx
-from common import save_report
+from common import chat_load, save_report
 
 import steerlab
 from steerlab import datasets
@@ -37,23 +34,10 @@ def run_load(url: str, clients: int, per_client: int, tokens: int, steered: bool
     if steered:
         body["steering"] = {"vectors": [{"name": "sentiment", "multiplier": 4}]}
 
-    def one(i: int) -> tuple[float, int, int]:
-        req = dict(body, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
-        t0 = time.perf_counter()
-        r = httpx.post(url + "/v1/chat/completions", json=req, timeout=600)
-        n = r.json()["usage"]["completion_tokens"] if r.status_code == 200 else 0
-        return time.perf_counter() - t0, r.status_code, n
+    def body_of(i: int) -> dict:
+        return dict(body, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
 
-    t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(one, range(clients * per_client)))
-    wall = time.perf_counter() - t0
-    lat = sorted(x[0] for x in results)
-    errors = sum(code != 200 for _, code, _ in results)
-    return {"clients": clients, "steered": steered, "requests": len(results), "wall_s": wall,
-            "requests_per_s": len(results) / wall, "tokens_per_s": sum(x[2] for x in results) / wall,
-            "p50_s": statistics.median(lat), "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
-            "error_rate": errors / len(results)}
+    return {"steered": steered, **chat_load(url, body_of, clients, per_client)}
 
 
 def main() -> None:

@@ -17,11 +17,9 @@ Writes benchmarks/results/vllm-http.md and .json.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save_report  # noqa: E402
+from common import chat_load, save_report  # noqa: E402
 from vllm_steering import PROMPTS, make_vectors, spec  # noqa: E402
 
 CLIENTS = (1, 4, 16, 32)
@@ -62,25 +60,11 @@ def start(cmd: list[str], url: str, log: Path, env: dict | None = None, timeout:
 def load(url: str, model: str, clients: int, per_client: int, tokens: int, steering_of) -> dict:
     """``clients`` threads each sending ``per_client`` requests back to back; ``steering_of(i)`` gives
     request i's extra body fields (empty: unsteered)."""
-    import httpx
-
-    def one(i: int) -> tuple[float, int, int]:
-        body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+    def body_of(i: int) -> dict:
+        return {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
                 "max_tokens": tokens, "temperature": 0, **steering_of(i)}
-        t0 = time.perf_counter()
-        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
-        done = r.json().get("usage", {}).get("completion_tokens", 0) if r.status_code == 200 else 0
-        return time.perf_counter() - t0, r.status_code, done
 
-    t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(one, range(clients * per_client)))
-    wall = time.perf_counter() - t0
-    lat = sorted(x[0] for x in results)
-    return {"clients": clients, "requests": len(results), "wall_s": wall,
-            "tokens_per_s": sum(x[2] for x in results) / wall, "p50_s": statistics.median(lat),
-            "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
-            "errors": sum(code != 200 for _, code, _ in results)}
+    return chat_load(url, body_of, clients, per_client)
 
 
 def main() -> int:
