@@ -133,7 +133,7 @@ def capture(
 
     Runs inside any active :func:`~steerlab.intervene.steer` context, so it can read steered states.
     """
-    layer_list = sorted({lm.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)})
+    layer_list = lm.check_layers(layers)
     if site not in ("output", "input"):
         raise InputError(f"site must be 'output' or 'input', not {site!r}.")
     rows = _token_rows(lm, inputs, chat)
@@ -194,7 +194,7 @@ def capture_contrast(lm: SteerModel, first: Sequence[Sequence[int]], second: Seq
     at about half the work when the prefixes are long. Items whose sequences share no token run
     through :func:`capture` unchanged.
     """
-    layer_list = sorted({lm.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)})
+    layer_list = lm.check_layers(layers)
     n = len(first)
     if not (len(second) == len(read_first) == len(read_second) == n) or n == 0:
         raise InputError("capture_contrast needs the same positive number of sequences and of read positions "
@@ -203,8 +203,11 @@ def capture_contrast(lm: SteerModel, first: Sequence[Sequence[int]], second: Seq
         for i, (row, r) in enumerate(zip(rows, reads, strict=True)):
             if not 0 <= r < len(row):
                 raise OutOfRangeError(f"Read position {r} is outside {side} sequence {i}, which has {len(row)} tokens.")
+    # shared[i]: leading tokens the two sequences of item i have in common, stopping before the
+    # earlier read position (a read token must be computed in its own continuation).
     shared = [shared_prefix_length(a, b, min(ra, rb))
               for a, b, ra, rb in zip(first, second, read_first, read_second, strict=True)]
+
     def empty() -> dict[int, torch.Tensor]:
         return {k: torch.empty(n, lm.hidden_size, dtype=out_dtype) for k in layer_list}
 
@@ -216,15 +219,22 @@ def capture_contrast(lm: SteerModel, first: Sequence[Sequence[int]], second: Seq
                        batch_size=batch_size, out_dtype=out_dtype, progress=False)
         for k, v in acts.items():
             out[0][k][alone], out[1][k][alone] = v[: len(alone)], v[len(alone):]
+    # Longest prefixes first, so the items batched together need little left padding.
     order = sorted((i for i in range(n) if shared[i] > 0), key=lambda i: -shared[i])
     chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     pad = lm.tokenizer.pad_token_id
     for chunk in progress_bar(chunks, "capture", progress=progress):
+        # Pass 1: the shared prefixes, left-padded (so every prefix ends at the last column), reading
+        # nothing; it stops after the deepest layer read, so the cache holds layers 0..deepest only,
+        # which is all pass 2 needs, since it stops there too.
         ids, mask = pad_ids([first[i][: shared[i]] for i in chunk], pad, "left", lm.device)
         cache = DynamicCache(config=lm.model.config)
         inputs = lm.forward_inputs(ids, mask)
         _forward_reading(lm, layer_list, "output", {**inputs, "use_cache": True, "past_key_values": cache},
                          torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), True, out_dtype)
+        # Pass 2: each cached prefix row is repeated twice, [p0, p0, p1, p1, ...], to line up with the
+        # rows [first_0 suffix, second_0 suffix, first_1 suffix, ...]; the suffixes are right-padded and
+        # read at their own read position less the prefix length.
         cache.batch_repeat_interleave(2)
         rows = [seq[shared[i]:] for i in chunk for seq in (first[i], second[i])]
         reads = [r - shared[i] for i in chunk for r in (read_first[i], read_second[i])]
@@ -233,6 +243,6 @@ def capture_contrast(lm: SteerModel, first: Sequence[Sequence[int]], second: Seq
         picked = _forward_reading(lm, layer_list, "output", step, torch.arange(len(rows)), torch.tensor(reads), True,
                                   out_dtype)
         index = torch.tensor(chunk)
-        for k, v in picked.items():
+        for k, v in picked.items():  # even rows: first sequences; odd rows: second sequences
             out[0][k][index], out[1][k][index] = v[0::2], v[1::2]
     return out
