@@ -87,9 +87,16 @@ def cmd_card(args) -> int:
     lm_eval_or_explain()
     lm = load_model(args)
     vector = SteeringVector.load(args.vector, lm)
-    behaviour = datasets.take(datasets.load(args.behaviour), args.behaviour_items or None)
+    behaviour = datasets.load(args.behaviour)
+    if args.split == "test":  # the half a vector made with `extract` (default --train-fraction 0.5) did not see
+        behaviour = datasets.split(behaviour)[1]
+    behaviour = datasets.take(behaviour, args.behaviour_items or None)
+    if args.open_answers:
+        behaviour = datasets.to_open_answers(behaviour)
+    name = (f"{args.behaviour}{' (test half)' if args.split == 'test' else ''}"
+            f"{', option texts' if args.open_answers else ''}")
     card = dose_response(lm, vector, Path(args.vector).stem, behaviour, args.multipliers,
-                         tasks=[t for t in args.tasks.split(",") if t], behaviour_name=str(args.behaviour),
+                         tasks=[t for t in args.tasks.split(",") if t], behaviour_name=name,
                          budget=args.budget, limit=args.limit or None, chat_template=args.chat_template,
                          task_folder=args.task_folder)
     md = card.save(args.out)
@@ -126,6 +133,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--vector", required=True, help="the steering vector file")
     p.add_argument("--behaviour", required=True, help="A/B behaviour data: a built-in set name or a file")
     p.add_argument("--behaviour-items", type=int, default=50, help="items of it (balanced by answer letter; 0: all)")
+    p.add_argument("--split", choices=["all", "test"], default="all",
+                   help="test: score only the held-out half of a balanced split (as extract's default training half "
+                        "leaves it)")
+    p.add_argument("--open-answers", action="store_true",
+                   help="score the option texts as answers instead of the letters (datasets.to_open_answers)")
     p.add_argument("--multipliers", type=lambda t: [float(x) for x in t.split(",")], default=[-8, -4, -2, 0, 2, 4, 8],
                    help="comma-separated; write --multipliers=-8,-4,0,4,8 (0 is always added)")
     p.add_argument("--tasks", default="steerlab_quiz,steerlab_facts_mc", help="capability tasks (lm-eval names)")
