@@ -189,3 +189,12 @@ def test_rolling_log_likelihood_scores_every_token_once_in_windows(smol):
     windowed = short.loglikelihood_rolling(request)[0]
     assert windowed == pytest.approx(by_hand, abs=1e-3)
     assert windowed < full_sum  # less context: a lower likelihood
+
+
+def test_card_command_scores_held_out_option_texts(vector_file, tmp_path, capsys):
+    code = main(["card", "--vector", str(vector_file), "--behaviour", "sentiment", "--split", "test", "--open-answers",
+                 "--behaviour-items", "4", "--multipliers=0,4", "--tasks", "", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["behaviour"] == "sentiment (test half), option texts" and card["n_behaviour"] == 4
+    assert [r["multiplier"] for r in card["rows"]] == [0, 4] and card["rows"][0]["kl"] == 0

@@ -179,7 +179,8 @@ def dose_response(lm: SteerModel, vector: SteeringVector, vector_name: str, beha
         spec = SteeringSpec((VectorEntry(vector_name, m),))
         model = SteerlabLM(lm=lm, steering=spec, vectors={vector_name: vector}, batch_size=batch_size)
         results = lm_eval.simple_evaluate(model=model, tasks=list(tasks), task_manager=manager, limit=limit,
-                                          apply_chat_template=chat_template, log_samples=False)["results"]
+                                          apply_chat_template=chat_template, log_samples=False)["results"] \
+            if tasks else {}  # no capability tasks: behaviour and fluency only
         everywhere = factory.build(SteeringSpec((VectorEntry(vector_name, m, window="all"),)))
         ppl, kl = fluency(lm, everywhere, texts, batch_size)
         n = pm.shape[1]
