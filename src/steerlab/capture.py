@@ -73,8 +73,7 @@ def _token_rows(lm: SteerModel, inputs, chat: bool) -> list[list[int]]:
 
 
 def _forward_reading(lm: SteerModel, layers: list[int], site: Site, model_inputs: dict, rows: torch.Tensor,
-                     cols: torch.Tensor,
-                     early_exit: bool, out_dtype: torch.dtype) -> dict[int, torch.Tensor]:
+                     cols: torch.Tensor, early_exit: bool, out_dtype: torch.dtype) -> dict[int, torch.Tensor]:
     """One forward pass of ``lm.model(**model_inputs)``; returns ``{layer: hidden[rows, cols]}`` on
     the CPU, ending the pass after the deepest layer when ``early_exit``."""
     deepest = max(layers)
@@ -180,8 +179,8 @@ def shared_prefix_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 @torch.no_grad()
 def capture_contrast(lm: SteerModel, first: Sequence[Sequence[int]], second: Sequence[Sequence[int]],
-                     read_first: Sequence[int],
-                     read_second: Sequence[int], layers: int | Sequence[int], *, batch_size: int = 16,
+                     read_first: Sequence[int], read_second: Sequence[int], layers: int | Sequence[int], *,
+                     batch_size: int = 16,
                      out_dtype: torch.dtype = torch.float32, progress: bool | None = None
                      ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Block outputs at one position of each of two token sequences per item, ``({layer: [N, d]}, ...)``.

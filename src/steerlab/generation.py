@@ -46,8 +46,7 @@ def _slice_intervention(iv: Intervention, sl: slice, n_total: int) -> Interventi
 
 @torch.no_grad()
 def generate_ids(lm: SteerModel, batch, interventions: Sequence[Intervention], *, max_new_tokens: int,
-                 do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, frequency_penalty: float = 0.0,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, frequency_penalty: float = 0.0,
                  streamer=None, stopping_criteria: Sequence | None = None) -> torch.Tensor:
     """New token ids ``[B, new]`` for one prepared batch under ``interventions`` (already resolved for
     this batch). ``streamer``: a transformers streamer, given the new tokens of every row each step;

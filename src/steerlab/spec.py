@@ -24,15 +24,12 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from .errors import InputError, UnknownNameError
 from .intervene import Intervention, Window, clamp, project_out
 from .steering import Combined, Fixed, Scaled, Steering
 from .vector import SteeringVector
-
-if TYPE_CHECKING:
-    pass
 
 Op = Literal["add", "project_out", "clamp"]
 WindowName = Literal["own", "all", "assistant", "generated", "user"]

@@ -127,8 +127,7 @@ def answer_logprobs(lm: SteerModel, pairs: Sequence[ContrastivePair], vector: St
 
 
 def _score_item(lm: SteerModel, pair: ContrastivePair, vector: SteeringVector | None, variants: list[Variant],
-                chat: bool,
-                system: str | None, share_prefix: bool) -> torch.Tensor:
+                chat: bool, system: str | None, share_prefix: bool) -> torch.Tensor:
     """``[V, 2]`` log-probabilities of one item's two answers under every variant."""
     item = _prepare(lm, pair, chat, system)
     rows = [ids for _ in variants for ids in item.ids]

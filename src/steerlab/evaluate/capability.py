@@ -66,8 +66,7 @@ def _batch(lm: SteerModel, texts: Sequence[str], user_prompt: str | None):
 
 @torch.no_grad()
 def token_nll(lm: SteerModel, texts: Sequence[str], steering=None, *, skip_first: int = 0,
-              user_prompt: str | None = None,
-              batch_size: int = 8) -> list[float]:
+              user_prompt: str | None = None, batch_size: int = 8) -> list[float]:
     """Mean negative log-likelihood per text of its tokens, leaving out the first ``skip_first``
     positions of the sequence (and, with ``user_prompt``, the chat frame before the text)."""
     out = []

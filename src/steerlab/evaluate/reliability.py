@@ -243,8 +243,7 @@ class ReliabilityReport(Report):
 
 
 def _noise_floor(lm: SteerModel, test: Sequence[ContrastivePair], unsteered: torch.Tensor, chat: bool,
-                 system: str | None,
-                 items: int) -> float | None:
+                 system: str | None, items: int) -> float | None:
     """Largest |difference| of the unsteered propensity computed alone (full sequence) and as scored."""
     if items <= 0 or not len(test):
         return None

@@ -129,8 +129,7 @@ class SweepTask:
 
     @classmethod
     def of(cls, lm: SteerModel, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair],
-           layers: Sequence[int],
-           multipliers: Sequence[float], **options) -> SweepTask:
+           layers: Sequence[int], multipliers: Sequence[float], **options) -> SweepTask:
         """A task over ``lm``'s checked layers and the sorted, distinct multipliers."""
         return cls(list(train), list(test), lm.check_layers(layers), sorted({float(m) for m in multipliers}),
                    **options)
@@ -203,8 +202,8 @@ def _recommend(result: SweepResult) -> SweepResult:
 
 
 def layer_sweep(lm: SteerModel, train: Sequence[ContrastivePair], test: Sequence[ContrastivePair],
-                layers: Sequence[int],
-                multipliers: Sequence[float] = (-1.0, 1.0), *, dataset: str = "data", method: Method = "mean",
+                layers: Sequence[int], multipliers: Sequence[float] = (-1.0, 1.0), *, dataset: str = "data",
+                method: Method = "mean",
                 chat: bool = True, system: str | None = None, counterbalance: bool | None = None, null: bool = True,
                 progress: bool | None = None) -> SweepResult:
     """p(matching) for every (layer, multiplier), each layer against a random-direction null."""

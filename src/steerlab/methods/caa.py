@@ -152,8 +152,7 @@ def letter_share(vector: torch.Tensor, letter: torch.Tensor) -> float:
 
 
 def letter_directions(lm: SteerModel, pairs: Sequence[ContrastivePair], layers: int | Sequence[int], *,
-                      chat: bool = True,
-                      system: str | None = None, batch_size: int = 16, progress: bool | None = None
+                      chat: bool = True, system: str | None = None, batch_size: int = 16, progress: bool | None = None
                       ) -> dict[int, torch.Tensor]:
     """The pure answer-letter direction ``h("(A)") - h("(B)")`` at each layer, behaviour held fixed:
     every item is read as given and with its options swapped, so each letter carries the matching

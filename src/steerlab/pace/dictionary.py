@@ -145,8 +145,7 @@ def _stimulus_rows(lm: SteerModel, concepts: Sequence[str], templates: Sequence[
 
 @torch.no_grad()
 def concept_means(lm: SteerModel, concepts: Sequence[str], layers: Sequence[int], *,
-                  templates: Sequence[str] = TEMPLATES,
-                  batch_size: int = 128) -> dict[int, torch.Tensor]:
+                  templates: Sequence[str] = TEMPLATES, batch_size: int = 128) -> dict[int, torch.Tensor]:
     """Mean activation (block outputs) at each concept's tokens over its stimuli: ``{layer: [K, d]}``.
     Each sentence counts equally, however many tokens the concept takes in it."""
     ids_rows, masks, owner = _stimulus_rows(lm, concepts, templates)
