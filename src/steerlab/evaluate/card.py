@@ -51,6 +51,8 @@ class CardRow:
 
 @dataclass
 class DoseResponseCard(Report):
+    default_stem = "card"
+
     model: str
     vector: str
     layers: list[int]
@@ -92,8 +94,6 @@ class DoseResponseCard(Report):
         lines.append(f"Within the budget (at most {self.budget:g} accuracy points lost on every task): "
                      + (f"multipliers {span[0]:+g} to {span[1]:+g}." if span else "none, not even 0."))
         return "\n".join(lines)
-
-    default_stem = "card"
 
     def title(self) -> str:
         return f"Dose-response card: {self.vector} on {self.model}"
@@ -140,21 +140,25 @@ def neutral_texts() -> list[str]:
 
 
 @torch.no_grad()
-def fluency(lm: SteerModel, steering, texts: Sequence[str], batch_size: int = 8) -> tuple[float, float]:
-    """(perplexity of ``texts`` under ``steering``, mean KL(unsteered || steered) per token)."""
-    nll, kl, n = 0.0, 0.0, 0
+def fluency(lm: SteerModel, steerings: Sequence, texts: Sequence[str], batch_size: int = 8
+            ) -> list[tuple[float, float]]:
+    """Per steering: (perplexity of ``texts`` under it, mean KL(unsteered || steered) per token). The
+    unsteered pass over each batch is run once and shared by every steering."""
+    nll, kl, n = [0.0] * len(steerings), [0.0] * len(steerings), 0
     for i in range(0, len(texts), batch_size):
         batch = lm.prepare([Rendered(t, 0, len(t), None) for t in texts[i: i + batch_size]], padding_side="right")
         inputs = lm.forward_inputs(batch.input_ids, batch.attention_mask)
         base = lm.model(**inputs).logits.float().log_softmax(-1)
-        with lm.steer(steering, batch=batch):
-            steered = lm.model(**inputs).logits.float().log_softmax(-1)
+        p_base = base.exp()
         mask = batch.attention_mask[:, 1:].bool()  # positions that predict a real next token
         target = batch.input_ids[:, 1:, None]
-        nll -= float(steered[:, :-1].gather(-1, target)[..., 0][mask].sum())
-        kl += float((base.exp() * (base - steered)).sum(-1)[:, :-1][mask].sum())
+        for k, steering in enumerate(steerings):
+            with lm.steer(steering, batch=batch):
+                steered = lm.model(**inputs).logits.float().log_softmax(-1)
+            nll[k] -= float(steered[:, :-1].gather(-1, target)[..., 0][mask].sum())
+            kl[k] += float((p_base * (base - steered)).sum(-1)[:, :-1][mask].sum())
         n += int(mask.sum())
-    return math.exp(nll / n), kl / n
+    return [(math.exp(a / n), b / n) for a, b in zip(nll, kl, strict=True)]
 
 
 def dose_response(lm: SteerModel, vector: SteeringVector, vector_name: str, behaviour: Sequence[ContrastivePair],
@@ -174,15 +178,16 @@ def dose_response(lm: SteerModel, vector: SteeringVector, vector_name: str, beha
     pm = p_matching(answer_logprobs(lm, behaviour, vector, [Variant(m) for m in multipliers]))  # [M, N]
     manager = task_manager(task_folder)
     factory = SteeringFactory(lm, {vector_name: vector})
-    texts = neutral_texts()
+    # Fluency with the vector at every position, all multipliers over each batch of neutral text.
+    fluencies = fluency(lm, [factory.build(SteeringSpec((VectorEntry(vector_name, m, window="all"),)))
+                             for m in multipliers], neutral_texts(), batch_size)
     for k, m in enumerate(multipliers):
         spec = SteeringSpec((VectorEntry(vector_name, m),))
         model = SteerlabLM(lm=lm, steering=spec, vectors={vector_name: vector}, batch_size=batch_size)
         results = lm_eval.simple_evaluate(model=model, tasks=list(tasks), task_manager=manager, limit=limit,
                                           apply_chat_template=chat_template, log_samples=False)["results"] \
             if tasks else {}  # no capability tasks: behaviour and fluency only
-        everywhere = factory.build(SteeringSpec((VectorEntry(vector_name, m, window="all"),)))
-        ppl, kl = fluency(lm, everywhere, texts, batch_size)
+        ppl, kl = fluencies[k]
         n = pm.shape[1]
         card.rows.append(CardRow(m, float(pm[k].mean()), float(pm[k].std() / math.sqrt(n)) if n > 1 else 0.0,
                                  {t: float(results[t]["acc,none"]) for t in tasks},

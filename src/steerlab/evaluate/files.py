@@ -26,7 +26,8 @@ class Report:
     ``table()`` the result as Markdown; ``plot(path)`` a PNG; ``save(folder, name=None)`` writes
     ``<stem>.json`` (the dataclass, plus :meth:`extra_json`), ``<stem>.png`` and ``<stem>.md`` (title,
     :meth:`intro`, table, figure) into ``folder`` and returns the ``.md`` path. ``name`` overrides the
-    default stem. Each file is written atomically (a killed run leaves the old file or the new one).
+    default stem: ``default_stem``, then ``-<file stem of its dataset>`` for a report with a ``dataset``
+    field. Each file is written atomically (a killed run leaves the old file or the new one).
     """
 
     default_stem = "report"
@@ -50,7 +51,8 @@ class Report:
         return {}
 
     def stem(self) -> str:
-        return self.default_stem
+        dataset = getattr(self, "dataset", None)
+        return f"{self.default_stem}-{Path(dataset).stem}" if dataset else self.default_stem
 
     def _plot_to(self, tmp: str) -> None:
         # Through an open file: matplotlib takes the format from a path's suffix (".tmp" here), and

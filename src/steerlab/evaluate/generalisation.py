@@ -51,6 +51,8 @@ def render_variant(pairs: Sequence[ContrastivePair], variant: str, for_text: str
 
 @dataclass
 class GeneralisationReport(Report):
+    default_stem = "generalisation"  # files: generalisation-<dataset file stem>.md/.json/.png
+
     model: str
     dataset: str
     layer: int
@@ -60,9 +62,6 @@ class GeneralisationReport(Report):
     id_steerability: float
     ood_steerability: dict[str, float]  # baseline vector on each other variant
     relative_steerability: dict[str, float | None]
-
-    def stem(self) -> str:
-        return f"generalisation-{Path(self.dataset).stem}"
 
     def title(self) -> str:
         return f"Generalisation: {self.dataset} on {self.model}, layer {self.layer}"

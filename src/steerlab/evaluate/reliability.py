@@ -74,6 +74,8 @@ def _ci(interval: Sequence[float]) -> str:
 
 @dataclass
 class ReliabilityReport(Report):
+    default_stem = "reliability"  # files: reliability-<dataset file stem>.md/.json/.png
+
     model: str
     dataset: str
     layer: int
@@ -185,9 +187,6 @@ class ReliabilityReport(Report):
             rows.append(f"- numeric noise floor: {self.noise_floor:.2e} nats of propensity (the mean |slope| moves "
                         f"propensity by {abs(self.mean_slope) * span:.3f} over the multiplier range)")
         return "\n".join(rows)
-
-    def stem(self) -> str:
-        return f"reliability-{Path(self.dataset).stem}"
 
     def title(self) -> str:
         return f"Reliability: {self.dataset} on {self.model}, layer {self.layer}"

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class SweepResult(Report):
+    default_stem = "sweep"  # files: sweep-<dataset file stem>.md/.json/.png
+
     model: str
     dataset: str
     layers: list[int]
@@ -70,9 +72,6 @@ class SweepResult(Report):
             lines.append(f"| {layer} | {self.vector_norms[str(layer)]:.2f} | {cells} | {self.effect(layer):+.3f} | "
                          f"{null} | {verdict} |")
         return "\n".join(lines)
-
-    def stem(self) -> str:
-        return f"sweep-{Path(self.dataset).stem}"
 
     def title(self) -> str:
         return f"Layer sweep: {self.dataset} on {self.model}"
