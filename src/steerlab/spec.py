@@ -36,6 +36,9 @@ WindowName = Literal["own", "all", "assistant", "generated", "user"]
 ActAddMode = Literal["overlay", "pad"]
 PaceSign = Literal["both", "positive"]
 MAX_VECTOR_ENTRIES = 16
+# The servers' default strength limit for untrusted clients (steerlab serve's --max-multiplier, the vLLM
+# plugin's max_multiplier): each vector's combined |multiplier|, |ActAdd coeff|, |PaCE strength|.
+DEFAULT_MAX_MULTIPLIER = 50.0
 
 
 class SpecError(InputError):

@@ -19,10 +19,8 @@ from .errors import InputError
 # Used for models without a chat template (e.g. base models such as Gemma 3 270M).
 PLAIN_USER_PREFIX = "User: "
 PLAIN_ASSISTANT_HEADER = "\nAssistant:"
-
-
-
 PaddingSide = Literal["left", "right"]
+
 
 @dataclass(frozen=True)
 class Rendered:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..spec import DEFAULT_MAX_MULTIPLIER
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -12,7 +14,7 @@ class ServeConfig:
     batch_wait: float = 0.01  # seconds the engine waits for more requests to fill a batch
     max_tokens: int = 512  # new tokens per request
     default_tokens: int = 128  # new tokens when a request gives no max_tokens
-    max_multiplier: float = 50.0  # each vector's total |multiplier| per request, |ActAdd coeff|, |PaCE strength|
+    max_multiplier: float = DEFAULT_MAX_MULTIPLIER  # see steerlab.spec (each vector's combined |multiplier|)
     max_prompt_chars: int = 32_000
     max_body_bytes: int = 1_000_000
     max_stop: int = 4  # stop sequences per request

@@ -14,13 +14,14 @@ the request body. The spec is the one :mod:`steerlab.spec` defines (the ``steeri
 (checks, prefix-cache salt), :mod:`.worker` (the hooks), :mod:`.plugin` (where they attach).
 """
 
+from ..spec import DEFAULT_MAX_MULTIPLIER
 from .program import EXTRA_KEY, Compiler, ModelFacts, PluginConfig
 
 __all__ = ["EXTRA_KEY", "Compiler", "ModelFacts", "PluginConfig", "engine_config"]
 
 
 def engine_config(vectors: str, *, model_name: str | None = None, max_ops: int = 4,
-                  max_multiplier: float = 50.0) -> dict:
+                  max_multiplier: float = DEFAULT_MAX_MULTIPLIER) -> dict:
     """The ``additional_config`` that turns the plugin on for an engine (options: :class:`PluginConfig`)."""
     out: dict = {"vectors": str(vectors), "max_ops": max_ops, "max_multiplier": max_multiplier}
     if model_name is not None:

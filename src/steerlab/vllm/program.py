@@ -31,7 +31,7 @@ import torch
 
 from ..errors import InputError
 from ..intervene import Intervention
-from ..spec import SpecError, SteeringFactory, SteeringSpec
+from ..spec import DEFAULT_MAX_MULTIPLIER, SpecError, SteeringFactory, SteeringSpec
 from ..vector import SteeringVector, load_vector_folder
 
 NO_END = 2**62  # "no end" as a position no sequence reaches
@@ -56,13 +56,13 @@ class PluginConfig:
     ``model_name``: the steerlab name the vectors were made for (default: accept any vector of the
     right hidden size). ``max_ops``: operations one request may put on one site (table width).
     ``max_multiplier``: each vector's combined |multiplier| in one request (as ``steerlab serve``'s
-    ``--max-multiplier``, default 50; clamp values within +-1e4).
+    ``--max-multiplier``; clamp values within the factory's ``max_clamp``).
     """
 
     vectors: str
     model_name: str | None = None
     max_ops: int = 4
-    max_multiplier: float = 50.0
+    max_multiplier: float = DEFAULT_MAX_MULTIPLIER
 
     @classmethod
     def from_additional(cls, additional: Any) -> PluginConfig | None:
@@ -77,7 +77,7 @@ class PluginConfig:
         max_ops = raw.get("max_ops", 4)
         if not isinstance(max_ops, int) or not 1 <= max_ops <= 64:
             raise InputError('additional_config["steerlab"]["max_ops"] must be an integer in 1..64.')
-        max_multiplier = raw.get("max_multiplier", 50.0)
+        max_multiplier = raw.get("max_multiplier", DEFAULT_MAX_MULTIPLIER)
         if isinstance(max_multiplier, bool) or not isinstance(max_multiplier, (int, float)) \
                 or not 0 < max_multiplier < float("inf"):
             raise InputError('additional_config["steerlab"]["max_multiplier"] must be a positive number.')
@@ -143,7 +143,7 @@ class Compiler:
     facts: ModelFacts
     vectors: dict[str, SteeringVector]
     max_ops: int = 4
-    max_multiplier: float | None = 50.0
+    max_multiplier: float | None = DEFAULT_MAX_MULTIPLIER
 
     def __post_init__(self) -> None:
         self.table = VectorTable(self.vectors, self.facts.hidden_size)
