@@ -21,6 +21,8 @@ from steerlab.pace import (
 )
 from steerlab.pace.dictionary import _stimulus_rows, concept_means
 
+TEMPLATES_FOR_TESTS = ("I kept thinking about {w} all day.", "Everyone at dinner had an opinion about {w}.")
+
 
 def _random_problem(d=64, K=600, B=12, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -66,6 +68,77 @@ def test_solver_float32_warm_start_and_zero_solution():
         sparse_code(D, torch.full_like(Z, float("nan")), cfg)
     with pytest.raises(ValueError, match="Need D"):
         sparse_code(D, Z[:, :5], cfg)
+
+
+_REAL: dict = {}
+
+
+def _real_problem(smol, B=16):
+    """PaCE as it runs: a dictionary built on the embedded model (400 frequent words, block 15) and
+    real block-15 activations of prompt tokens, unit norm."""
+    if not _REAL:
+        from steerlab.capture import capture
+        from steerlab.pace import concept_words
+
+        d = build_dictionary(smol, concept_words(400), [15], templates=TEMPLATES_FOR_TESTS)
+        acts = capture(smol, ["Write an angry message to a neighbour whose dog barks all night.",
+                              "Describe a rainy Monday morning commute."], [15], positions="all",
+                       progress=False)[15].double()
+        _REAL["D"] = d.matrix(15).double().contiguous()
+        _REAL["Z"] = acts / acts.norm(dim=1, keepdim=True)
+    g = torch.Generator().manual_seed(0)
+    Z = _REAL["Z"]
+    return _REAL["D"], Z[torch.randperm(Z.shape[0], generator=g)[:B]]
+
+
+def test_solver_matches_sklearn_on_real_activations(smol):
+    from sklearn.linear_model import ElasticNet as SkElasticNet
+
+    D, Z = _real_problem(smol)
+    cfg = ElasticNet()
+    for dtype in (torch.float64, torch.float32):
+        C = sparse_code(D.to(dtype), Z.to(dtype), cfg)
+        ours = objective(D, Z, C, cfg)
+        for i in range(Z.shape[0]):
+            sk = SkElasticNet(alpha=cfg.alpha / D.shape[0], l1_ratio=cfg.tau, fit_intercept=False, tol=1e-10,
+                              max_iter=100000)
+            sk.fit(D.numpy(), Z[i].numpy())
+            ref = objective(D, Z[i: i + 1], torch.from_numpy(sk.coef_)[None], cfg)
+            assert abs(ours[i] - ref) / ref < 1e-4, (dtype, i, float(ours[i]), float(ref))
+        assert 5 < float((C != 0).sum(1).float().mean()) < 0.5 * D.shape[1]
+
+
+@pytest.mark.parametrize("problem", ["random", "real"])
+def test_screening_never_discards_an_atom_the_exact_solution_uses(problem, smol):
+    from steerlab.pace.solver import screen
+
+    D, Z = _random_problem(K=800, B=16) if problem == "random" else _real_problem(smol)
+    exact_cfg = ElasticNet(tol=1e-6, screen=False)
+    exact = sparse_code(D, Z, exact_cfg)
+    used = exact != 0
+    assert used.any()
+    # Screen from points of every quality: zero, a crude solve, a good one, the optimum itself.
+    crude = sparse_code(D, Z, ElasticNet(tol=0.5, max_inner=20, fista_steps=4, max_newton=1, screen=False))
+    screened_at_optimum = None
+    for C in (torch.zeros_like(exact), crude, sparse_code(D, Z, ElasticNet(tol=0.05)), exact):
+        R = Z - C @ D.T
+        safe = screen(R @ D, Z, R, C, exact_cfg)
+        assert not (safe & used).any(), "screening discarded an atom that the exact solution uses"
+        screened_at_optimum = safe
+    # Near the optimum the rule is strong: most atoms go (a rule that never screens would pass above).
+    assert screened_at_optimum.float().mean() > 0.5
+    # And the screened solve equals the unscreened one.
+    on = sparse_code(D, Z, ElasticNet(tol=1e-6, screen=True))
+    assert torch.allclose(objective(D, Z, on), objective(D, Z, exact), rtol=1e-9)
+
+
+def test_warm_start_from_another_row_still_gives_the_exact_solution():
+    D, Z = _random_problem(seed=3)
+    cfg = ElasticNet(tol=1e-6)
+    cold = sparse_code(D, Z, cfg)
+    wrong_start = sparse_code(D, Z.roll(1, 0), cfg)  # each row started from its neighbour's solution
+    warm = sparse_code(D, Z, cfg, init=wrong_start)
+    assert torch.allclose(objective(D, Z, warm, cfg), objective(D, Z, cold, cfg), rtol=1e-9)
 
 
 # ---------------------------------------------------------------------------- dictionary

@@ -14,7 +14,36 @@ def _partition(args, dictionary):
         return Partition.load(args.labels, dictionary, args.task)
     if getattr(args, "seeds", None):
         return SeedPartitioner(args.seeds.split(","), expand=args.expand).partition(dictionary, args.task)
+    if getattr(args, "partitioner", "embedding") == "llm":
+        from ..pace.llm_partition import LLMPartitioner
+
+        return LLMPartitioner(args.judge, threshold=args.llm_threshold).partition(dictionary, args.task,
+                                                                                  progress=True)
     return EmbeddingPartitioner(threshold=args.threshold, margin=args.margin).partition(dictionary, args.task)
+
+
+def cmd_agreement(args) -> int:
+    from ..pace.agreement import Agreement, agreement, hand_labels
+    from ..pace.llm_partition import EXAMPLES, LLMPartitioner
+    from ..pace.partition import EmbeddingPartitioner, get_task
+
+    task = get_task(args.task)
+    words = list(hand_labels(task.name))
+    emb = EmbeddingPartitioner(threshold=args.threshold, margin=args.margin, cache=False)
+    bad, good = emb.scores(words, task)
+    emb_labels = dict(zip(words, ((bad >= args.threshold) & (bad - good >= args.margin)).tolist(), strict=True))
+    rows = [agreement(emb_labels, task.name, f"embedding (threshold {args.threshold}, margin {args.margin})")]
+    if args.judge:
+        judge = LLMPartitioner(args.judge, threshold=args.llm_threshold, batch_size=args.batch_size)
+        scores = judge.scores(words, task, progress=True)
+        llm_labels = dict(zip(words, (scores > args.llm_threshold).tolist(), strict=True))
+        examples = [w for w, _ in EXAMPLES.get(task.name, ())]
+        rows.append(agreement(llm_labels, task.name, f"llm {judge.model_name} (threshold {args.llm_threshold})",
+                              exclude=examples))
+    print(f"Agreement with the hand labels, task {task.name}:\n{Agreement.HEADER}")
+    for r in rows:
+        print(r.row())
+    return 0
 
 
 def cmd_build(args) -> int:
@@ -106,12 +135,27 @@ def add_parsers(sub) -> None:
         p.add_argument("--seeds", default=None, help="comma-separated undesirable concepts instead")
         p.add_argument("--expand", type=float, default=None, help="with --seeds: also concepts this similar")
         p.add_argument("--labels", default=None, help="a labels TSV (from `pace label --out`) instead")
+        p.add_argument("--partitioner", choices=["embedding", "llm"], default="embedding",
+                       help="embedding similarity (fast) or asking a local instruct model (--judge)")
+        p.add_argument("--judge", default="qwen2.5-coder-0.5b", help="the model --partitioner llm asks")
+        p.add_argument("--llm-threshold", type=float, default=0.0,
+                       help="--partitioner llm: undesirable when log p(Yes) - log p(No) exceeds this")
 
     p = psub.add_parser("label", help="label the dictionary's concepts benign/undesirable for a task")
     p.add_argument("--dictionary", required=True)
     partition_args(p)
     p.add_argument("--out", default=None, help="write the labels as an editable TSV")
     p.set_defaults(func=cmd_label)
+
+    p = psub.add_parser("agreement", help="how well the partitioners agree with the project's hand labels")
+    p.add_argument("--task", default="detox", help="detox | positive-sentiment")
+    p.add_argument("--threshold", type=float, default=0.5, help="embedding partitioner: min similarity")
+    p.add_argument("--margin", type=float, default=0.05, help="embedding partitioner: lead over benign")
+    p.add_argument("--judge", default="qwen2.5-coder-0.5b",
+                   help="also score a language-model partitioner with this model ('' to skip)")
+    p.add_argument("--llm-threshold", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_agreement)
 
     p = psub.add_parser("eval", help="unsteered vs PaCE vs orthogonal projection vs vector subtraction")
     add_model_args(p)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from ..progress import progress_bar
 from ..safefile import atomic_save, mmap_tensors, read_header
 from ..tokens import tokenize_with_offsets
 from .concepts import TEMPLATES, stimuli
+from .stimuli import concept_span
 
 if TYPE_CHECKING:
     from ..model import SteerModel
@@ -126,11 +127,22 @@ class ConceptDictionary:
         return out
 
 
-def _stimulus_rows(lm: SteerModel, concepts: Sequence[str], templates: Sequence[str]):
-    """Token ids and concept-token masks for every (concept, template) sentence."""
+def _sentences(concept: str, templates: Sequence[str], written: Sequence[str] | None) -> list[tuple[str, int, int]]:
+    """The concept's stimuli with its character span: model-written sentences when there are any,
+    else the templates."""
+    if written:
+        found = [(text, span) for text in written if (span := concept_span(text, concept))]
+        if found:
+            return [(text, start, end) for text, (start, end) in found]
+    return stimuli(concept, templates)
+
+
+def _stimulus_rows(lm: SteerModel, concepts: Sequence[str], templates: Sequence[str],
+                   sentences: Sequence[Sequence[str]] | None = None):
+    """Token ids and concept-token masks for every stimulus sentence of every concept."""
     ids_rows, masks, owner = [], [], []
     for k, concept in enumerate(concepts):
-        for text, start, end in stimuli(concept, templates):
+        for text, start, end in _sentences(concept, templates, sentences[k] if sentences else None):
             ids, offsets = tokenize_with_offsets(lm.tokenizer, text)
             if offsets is None:
                 raise InputError("Building a dictionary needs a fast tokenizer (with character offsets).")
@@ -145,10 +157,12 @@ def _stimulus_rows(lm: SteerModel, concepts: Sequence[str], templates: Sequence[
 
 @torch.no_grad()
 def concept_means(lm: SteerModel, concepts: Sequence[str], layers: Sequence[int], *,
-                  templates: Sequence[str] = TEMPLATES, batch_size: int = 128) -> dict[int, torch.Tensor]:
+                  templates: Sequence[str] = TEMPLATES, batch_size: int = 128,
+                  sentences: Sequence[Sequence[str]] | None = None) -> dict[int, torch.Tensor]:
     """Mean activation (block outputs) at each concept's tokens over its stimuli: ``{layer: [K, d]}``.
-    Each sentence counts equally, however many tokens the concept takes in it."""
-    ids_rows, masks, owner = _stimulus_rows(lm, concepts, templates)
+    Each sentence counts equally, however many tokens the concept takes in it. ``sentences``: each
+    concept's own (model-written) sentences; a concept with none usable gets the templates."""
+    ids_rows, masks, owner = _stimulus_rows(lm, concepts, templates, sentences)
     acts = capture(lm, ids_rows, list(layers), positions=masks, batch_size=batch_size, progress=False)
     counts = torch.tensor([sum(m) for m in masks])
     sent = torch.repeat_interleave(torch.arange(len(masks)), counts)
@@ -170,21 +184,26 @@ class ShardTask:
     layers: list[int]
     templates: list[str]
     batch_size: int
+    sentences: list[list[str]] | None = None  # model-written stimuli per concept, if any
 
 
 def shard_means(lm: SteerModel, task: ShardTask) -> dict[int, torch.Tensor]:
     """Mean activation of each of the shard's concepts at each layer."""
-    return concept_means(lm, task.concepts, task.layers, templates=task.templates, batch_size=task.batch_size)
+    return concept_means(lm, task.concepts, task.layers, templates=task.templates, batch_size=task.batch_size,
+                         sentences=task.sentences)
 
 
 def build_dictionary(lm: SteerModel, concepts: Sequence[str], layers: Sequence[int] | int, *,
-                     templates: Sequence[str] = TEMPLATES, batch_size: int = 128, shard: int = 512,
+                     templates: Sequence[str] = TEMPLATES, sentences: Mapping[str, Sequence[str]] | None = None,
+                     batch_size: int = 128, shard: int = 512,
                      progress: bool | None = None,
                      run_shards: Callable[[list[ShardTask]], list[dict[int, torch.Tensor]]] | None = None
                      ) -> ConceptDictionary:
     """Build atoms for ``concepts`` at ``layers`` of ``lm`` (see the module docstring for the recipe).
 
-    Concepts are processed in shards of ``shard``; ``run_shards`` (default: one after another, here)
+    ``sentences``: model-written stimuli per concept (:func:`steerlab.pace.stimuli.model_stimuli`);
+    concepts without usable ones fall back to ``templates``. Concepts are processed in shards of
+    ``shard``; ``run_shards`` (default: one after another, here)
     computes :func:`shard_means` for a list of shards, e.g. on Ray workers with resumable results
     (:func:`steerlab.distributed.build_dictionary_tasks`)."""
     layer_list: list[int] = lm.check_layers(layers)
@@ -192,7 +211,8 @@ def build_dictionary(lm: SteerModel, concepts: Sequence[str], layers: Sequence[i
     if len(concepts) < 2:
         raise InputError("A concept dictionary needs at least two distinct concepts.")
     t0 = time.time()
-    shards = [ShardTask(concepts[s: s + shard], layer_list, list(templates), batch_size)
+    shards = [ShardTask(concepts[s: s + shard], layer_list, list(templates), batch_size,
+                        [list(sentences.get(c, ())) for c in concepts[s: s + shard]] if sentences else None)
               for s in range(0, len(concepts), shard)]
     if run_shards is None:
         parts = [shard_means(lm, task) for task in progress_bar(shards, "concepts", progress=progress, unit="shard")]
@@ -204,7 +224,9 @@ def build_dictionary(lm: SteerModel, concepts: Sequence[str], layers: Sequence[i
         centres[layer] = m.mean(0)
         a = m - centres[layer]
         atoms[layer] = a / a.norm(dim=1, keepdim=True).clamp(min=1e-8)
+    written = sum(1 for c in concepts if sentences and any(concept_span(t, c) for t in sentences.get(c, ())))
     meta = {"templates": list(templates), "recipe": "mean at concept tokens, centred, unit norm",
+            "stimuli": "model-written" if written else "templates", "concepts_with_written_stimuli": written,
             "site": "output", "build_seconds": round(time.time() - t0, 1),
             "build_id": hashlib.sha256(f"{time.time_ns()}".encode()).hexdigest()[:12]}
     return ConceptDictionary(concepts, atoms, lm.name, lm.hidden_size, centres, meta)

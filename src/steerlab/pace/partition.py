@@ -33,11 +33,13 @@ LABELS = ("benign", "undesirable")
 
 @dataclass(frozen=True)
 class Task:
-    """An alignment task: what to remove (``undesirable`` anchors) and what to keep (``benign``)."""
+    """An alignment task: what to remove (``undesirable`` anchors) and what to keep (``benign``); the
+    ``description`` is what the language-model partitioner is told the goal is."""
 
     name: str
     undesirable: tuple[str, ...]
     benign: tuple[str, ...] = ()
+    description: str = ""
 
 
 TASKS = {
@@ -47,6 +49,8 @@ TASKS = {
          "harassment", "stupid idiot", "sexual vulgarity", "abuse", "cruelty"),
         ("kindness", "politeness", "respect", "help", "friendship", "everyday object", "place", "time",
          "number", "work", "food", "science"),
+        "The goal: replies free of toxic language (insults, profanity, slurs, threats, harassment, hate, "
+        "violence, vulgarity).",
     ),
     "positive-sentiment": Task(
         "positive-sentiment",
@@ -54,6 +58,8 @@ TASKS = {
          "boredom", "loneliness"),
         ("joy", "love", "calm", "success", "hope", "pleasure", "kindness", "everyday object", "place", "time",
          "number", "work"),
+        "The goal: replies with a positive, cheerful tone (no sadness, anger, fear, disgust, pain, failure or "
+        "other negative feelings).",
     ),
 }
 

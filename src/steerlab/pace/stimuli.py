@@ -1,0 +1,103 @@
+"""Model-written concept stimuli (docs/methods.md, "PaCE", step 1, as the paper builds PaCE-1M): a local
+instruct model writes, for each concept, several sentences that use the word in context.
+
+Concepts go to the writer in shards; each shard's sentences are written greedily (so a rerun writes
+the same text) and kept on disk as soon as the shard is done, under a folder named for the writer,
+the concept list, the prompt and the settings. An interrupted run picks up at the first unfinished
+shard; shards can run on Ray workers like a dictionary build. The template recipe
+(:data:`steerlab.pace.TEMPLATES`) stays the fast option.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import InputError
+from ..sources import cache_dir
+
+if TYPE_CHECKING:
+    from ..model import SteerModel
+
+PROMPT = ('Write {n} different sentences that use the word "{concept}". Vary the setting and the sentence '
+          "shape; each sentence must contain the exact word. One sentence per line, no numbering.")
+
+_NUMBERING = re.compile(r"^\s*(?:[-*\u2022]|\(?\d+[.):]|[a-z][.)])\s*")
+
+
+@dataclass(frozen=True)
+class StimuliShard:
+    """One shard of stimulus writing (what a worker receives)."""
+
+    concepts: list[str]
+    per_concept: int
+    max_new_tokens: int
+    batch_size: int
+    prompt: str
+
+
+def concept_span(sentence: str, concept: str) -> tuple[int, int] | None:
+    """Character span of the first whole-word, case-insensitive occurrence of ``concept``."""
+    m = re.search(rf"(?<![\w]){re.escape(concept)}(?![\w])", sentence, flags=re.IGNORECASE)
+    return (m.start(), m.end()) if m else None
+
+
+def parse_sentences(text: str, concept: str, limit: int) -> list[str]:
+    """The usable sentences of one reply: one per line, list markers stripped, each containing the
+    concept as a word, no repeats, at most ``limit``."""
+    out: list[str] = []
+    for line in text.splitlines():
+        s = _NUMBERING.sub("", line).strip().strip('"').strip()
+        if 3 <= len(s) <= 400 and concept_span(s, concept) and s not in out:
+            out.append(s)
+        if len(out) == limit:
+            break
+    return out
+
+
+def write_shard(lm: SteerModel, shard: StimuliShard) -> dict[str, list[str]]:
+    """Sentences for each concept of one shard, written by ``lm``."""
+    prompts = [shard.prompt.format(n=shard.per_concept, concept=c) for c in shard.concepts]
+    replies = lm.generate(prompts, max_new_tokens=shard.max_new_tokens, batch_size=shard.batch_size,
+                          progress=False)
+    return {c: parse_sentences(r, c, shard.per_concept) for c, r in zip(shard.concepts, replies, strict=True)}
+
+
+def stimuli_folder(writer: str, concepts: Sequence[str], prompt: str, per_concept: int, max_new_tokens: int) -> Path:
+    """Where the sentences of one (writer, concept list, prompt, settings) are kept."""
+    key = json.dumps({"writer": writer, "concepts": list(concepts), "prompt": prompt, "per_concept": per_concept,
+                      "max_new_tokens": max_new_tokens}, sort_keys=True)
+    return cache_dir() / "pace-stimuli" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: int = 10,
+                  max_new_tokens: int | None = None, batch_size: int = 16, shard: int = 64,
+                  prompt: str = PROMPT, folder: str | Path | None = None, ray: str | None = None,
+                  workers: int = 2) -> dict[str, list[str]]:
+    """``{concept: sentences}`` written by ``writer`` (a loaded instruct model), resumable from
+    ``folder`` (default: a folder in the user cache named for all the inputs)."""
+    from ..distributed import map_tasks
+
+    concepts = list(dict.fromkeys(c.strip() for c in concepts if c.strip()))
+    if not concepts:
+        raise InputError("No concepts to write stimuli for.")
+    if "{concept}" not in prompt:
+        raise InputError("The stimulus prompt must contain '{concept}' (and may contain '{n}').")
+    if per_concept < 1:
+        raise InputError(f"per_concept must be at least 1 (got {per_concept}).")
+    max_new_tokens = max_new_tokens or 28 * per_concept
+    folder = Path(folder) if folder is not None else stimuli_folder(writer.name, concepts, prompt, per_concept,
+                                                                   max_new_tokens)
+    shards = [StimuliShard(concepts[s: s + shard], per_concept, max_new_tokens, batch_size, prompt)
+              for s in range(0, len(concepts), shard)]
+    parts = map_tasks(write_shard, shards, model=writer, ray=ray, workers=workers, resume_dir=folder,
+                      desc="stimuli")
+    out: dict[str, list[str]] = {}
+    for part in parts:
+        out.update(part)
+    return out
