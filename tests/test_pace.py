@@ -253,6 +253,134 @@ def test_embedding_partitioner_labels_real_words(tmp_path, monkeypatch):
     assert again.undesirable_concepts == detox.undesirable_concepts and again.source.startswith("file:")
 
 
+class _Counting:
+    """Counts the forward passes of a model's network (to see what a cache saves)."""
+
+    def __init__(self, lm):
+        self.calls = 0
+        lm.model.register_forward_pre_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_llm_partitioner_shared_prefix_equals_full_prompts_and_cache_is_keyed(family, tmp_path, monkeypatch):
+    from steerlab.pace.llm_partition import LLMPartitioner
+    from steerlab.pace.partition import Task
+
+    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path))
+    lm = tiny_model(family)
+    lm.model.config.max_position_embeddings = 1024  # rotary positions: the tiny tokenizer's prompt is ~600 tokens
+    counter = _Counting(lm)
+    words = ["love", "hate", "rain", "fox", "dog", "cake", "flowers", "model"]
+    d = ConceptDictionary(words, {0: torch.eye(len(words), 16)}, "synthetic", 16)
+    judge = LLMPartitioner(lm, batch_size=3)
+    shared = judge.scores(words, "detox")
+    full = judge.scores(words, "detox", share_prefix=False)
+    assert torch.allclose(shared, full, atol=1e-4), (shared - full).abs().max()
+    assert shared.std() > 0  # the scores depend on the concept
+
+    part = judge.partition(d, "detox")
+    assert torch.equal(part.scores, shared) and torch.equal(part.undesirable, shared > 0)
+    calls = counter.calls
+    assert torch.equal(judge.partition(d, "detox").scores, shared)  # from the cache: no forward pass
+    assert counter.calls == calls
+    assert len(list((tmp_path / "pace-partitions").glob("*-llm-*.pt"))) == 1
+    # Another threshold reuses the cached scores; another task, description or model does not.
+    assert LLMPartitioner(lm, threshold=0.5).partition(d, "detox").undesirable.tolist() == (shared > 0.5).tolist()
+    assert counter.calls == calls
+    judge.partition(d, "positive-sentiment")
+    judge.partition(d, Task("detox", ("insult",), (), "Another goal."))
+    with pytest.raises(ValueError, match="reads at most"):
+        LLMPartitioner(tiny_model("gpt2")).scores(words, "detox")  # 256 positions: the prompt is longer
+    other = tiny_model("mistral" if family == "llama" else "llama")
+    other.model.config.max_position_embeddings = 1024
+    LLMPartitioner(other).partition(d, "detox")
+    assert counter.calls > calls
+    assert len(list((tmp_path / "pace-partitions").glob("*-llm-*.pt"))) == 4
+    # Another dictionary (other concepts) does not reuse it either.
+    d2 = ConceptDictionary(words[:-1] + ["wedding"], {0: torch.eye(len(words), 16)}, "synthetic", 16)
+    assert judge.partition(d2, "detox").concepts[-1] == "wedding"
+    assert len(list((tmp_path / "pace-partitions").glob("*-llm-*.pt"))) == 5
+
+
+def test_agreement_with_hand_labels():
+    from steerlab.pace.agreement import agreement, hand_labels
+
+    for task in ("detox", "positive-sentiment"):
+        truth = hand_labels(task)
+        assert len(truth) == 200 and 20 < sum(truth.values()) < 180
+        perfect = agreement(truth, task, "copy")
+        assert perfect.kappa == pytest.approx(1.0) and perfect.accuracy == 1.0 and perfect.kappa_ci[0] > 0.99
+        flipped = agreement({w: not v for w, v in truth.items()}, task, "flipped")
+        share = sum(truth.values()) / len(truth)
+        chance = 2 * share * (1 - share)  # the chance agreement of a flipped copy
+        assert flipped.accuracy == 0 and flipped.kappa == pytest.approx(-chance / (1 - chance), abs=1e-6)
+        tied_apart = {w: float(v) + 1e-4 * i for i, (w, v) in enumerate(truth.items())}
+        ranked = agreement(truth, task, "copy", scores=tied_apart)
+        assert ranked.auc == pytest.approx(1.0)
+        reversed_rank = agreement(truth, task, "copy", scores={w: -float(v) for w, v in truth.items()})
+        assert reversed_rank.auc == pytest.approx(0.0)
+        constant = agreement(dict.fromkeys(truth, False), task, "all benign")
+        assert constant.kappa == pytest.approx(0.0) and constant.recall == 0.0
+        some = agreement(truth, task, "copy", exclude=list(truth)[:10])
+        assert some.n == 190
+    with pytest.raises(KeyError, match="No hand labels"):
+        hand_labels("nonsense")
+
+
+def test_model_written_stimuli_resume_without_repeating_work(tmp_path):
+    import steerlab.pace.stimuli as stim
+    from steerlab.distributed import TaskFailed
+
+    lm = tiny_model("llama")
+    words = ["love", "hate", "rain", "fox", "dog"]  # shards of 2: [love, hate], [rain, fox], [dog]
+    written: list[str] = []
+    failed: list[str] = []
+    real_write = stim.write_shard
+
+    def interrupted_once(model, shard):
+        if shard.concepts[0] == "rain" and not failed:
+            failed.append("rain")
+            raise RuntimeError("interrupted")
+        real_write(model, shard)  # the tiny model's text is noise: keep one known sentence per concept
+        written.extend(shard.concepts)
+        return {c: [f"A sentence about {c} today."] for c in shard.concepts}
+
+    stim.write_shard = interrupted_once
+    try:
+        folder = tmp_path / "stimuli"
+        with pytest.raises(TaskFailed):
+            stim.model_stimuli(lm, words, per_concept=2, max_new_tokens=6, shard=2, folder=folder, retries=0)
+        assert written == ["love", "hate"]
+        out = stim.model_stimuli(lm, words, per_concept=2, max_new_tokens=6, shard=2, folder=folder, retries=0)
+    finally:
+        stim.write_shard = real_write
+    # The second run wrote only the shards the first did not finish.
+    assert written == ["love", "hate", "rain", "fox", "dog"]
+    assert out == {w: [f"A sentence about {w} today."] for w in words}
+    # Written sentences build the same atoms as the same sentences given as a template.
+    d = build_dictionary(lm, words, [1], sentences=out)
+    assert d.meta["stimuli"] == "model-written" and d.meta["concepts_with_written_stimuli"] == len(words)
+    plain = build_dictionary(lm, words, [1], templates=["A sentence about {w} today."])
+    assert plain.meta["stimuli"] == "templates"
+    assert torch.allclose(d.atoms[1], plain.atoms[1], atol=1e-5)
+    # A concept whose sentences never use the word falls back to the templates.
+    mixed = build_dictionary(lm, words, [1], templates=["A sentence about {w} today."],
+                             sentences={**out, "dog": ["No such word here."]})
+    assert mixed.meta["concepts_with_written_stimuli"] == len(words) - 1
+    assert torch.allclose(mixed.atoms[1], plain.atoms[1], atol=1e-5)
+
+
+def test_stimulus_sentences_are_parsed_and_spanned():
+    from steerlab.pace.stimuli import concept_span, parse_sentences
+
+    reply = ("1. The dog barked at the mailman.\n- My Dog sleeps all day.\n2) dogs are not the word here.\n"
+             "3. The dog barked at the mailman.\n\nHotdog stands sell food.\n4. A dog, a cat.")
+    assert parse_sentences(reply, "dog", 5) == ["The dog barked at the mailman.", "My Dog sleeps all day.",
+                                                "A dog, a cat."]
+    assert parse_sentences(reply, "dog", 1) == ["The dog barked at the mailman."]
+    assert concept_span("My Dog sleeps", "dog") == (3, 6) and concept_span("hotdog", "dog") is None
+
+
 # ---------------------------------------------------------------------------- removal
 def test_pace_removes_the_undesirable_atom_and_keeps_the_benign_one():
     d = _synthetic_dictionary()

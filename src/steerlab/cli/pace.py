@@ -32,14 +32,15 @@ def cmd_agreement(args) -> int:
     emb = EmbeddingPartitioner(threshold=args.threshold, margin=args.margin, cache=False)
     bad, good = emb.scores(words, task)
     emb_labels = dict(zip(words, ((bad >= args.threshold) & (bad - good >= args.margin)).tolist(), strict=True))
-    rows = [agreement(emb_labels, task.name, f"embedding (threshold {args.threshold}, margin {args.margin})")]
+    rows = [agreement(emb_labels, task.name, f"embedding (threshold {args.threshold}, margin {args.margin})",
+                      scores=dict(zip(words, (bad - good).tolist(), strict=True)))]
     if args.judge:
         judge = LLMPartitioner(args.judge, threshold=args.llm_threshold, batch_size=args.batch_size)
         scores = judge.scores(words, task, progress=True)
         llm_labels = dict(zip(words, (scores > args.llm_threshold).tolist(), strict=True))
         examples = [w for w, _ in EXAMPLES.get(task.name, ())]
         rows.append(agreement(llm_labels, task.name, f"llm {judge.model_name} (threshold {args.llm_threshold})",
-                              exclude=examples))
+                              exclude=examples, scores=dict(zip(words, scores.tolist(), strict=True))))
     print(f"Agreement with the hand labels, task {task.name}:\n{Agreement.HEADER}")
     for r in rows:
         print(r.row())

@@ -44,20 +44,31 @@ class Agreement:
     recall: float
     kappa: float
     kappa_ci: tuple[float, float]  # 95% percentile bootstrap over words
+    auc: float | None = None  # ranking quality of the partitioner's scores, whatever the threshold
 
     def row(self) -> str:
+        auc = "-" if self.auc is None else f"{self.auc:.3f}"
         return (f"| {self.partitioner} | {self.n} | {self.hand_undesirable} | {self.predicted_undesirable} | "
                 f"{self.accuracy:.3f} | {self.precision:.3f} | {self.recall:.3f} | {self.kappa:.3f} "
-                f"[{self.kappa_ci[0]:.3f}, {self.kappa_ci[1]:.3f}] |")
+                f"[{self.kappa_ci[0]:.3f}, {self.kappa_ci[1]:.3f}] | {auc} |")
 
     HEADER = ("| partitioner | words | hand: undesirable | predicted | accuracy | precision | recall | "
-              "Cohen's kappa [95% CI] |\n|---|---:|---:|---:|---:|---:|---:|---|")
+              "Cohen's kappa [95% CI] | ROC AUC of scores |\n|---|---:|---:|---:|---:|---:|---:|---|---:|")
+
+
+def _auc(truth: torch.Tensor, scores: torch.Tensor) -> float:
+    """P(score of a random undesirable word > score of a random benign one), ties counted half."""
+    pos, neg = scores[truth], scores[~truth]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
 
 
 def agreement(predicted: Mapping[str, bool], task: str, partitioner: str, *, exclude: Sequence[str] = (),
-              boot: int = 2000, seed: int = 0) -> Agreement:
+              scores: Mapping[str, float] | None = None, boot: int = 2000, seed: int = 0) -> Agreement:
     """Compare ``predicted`` labels with the hand labels of ``task`` on the words both have (minus
-    ``exclude``, e.g. a prompt's worked examples)."""
+    ``exclude``, e.g. a prompt's worked examples); with ``scores``, also their ROC AUC."""
     truth_map = hand_labels(task)
     words = [w for w in truth_map if w in predicted and w not in set(exclude)]
     truth = torch.tensor([truth_map[w] for w in words])
@@ -69,4 +80,5 @@ def agreement(predicted: Mapping[str, bool], task: str, partitioner: str, *, exc
     lo, hi = torch.quantile(ks, torch.tensor([0.025, 0.975], dtype=ks.dtype)).tolist()
     return Agreement(task, partitioner, len(words), int(truth.sum()), int(pred.sum()),
                      float((truth == pred).float().mean()), tp / max(int(pred.sum()), 1),
-                     tp / max(int(truth.sum()), 1), float(_kappa(truth, pred)), (lo, hi))
+                     tp / max(int(truth.sum()), 1), float(_kappa(truth, pred)), (lo, hi),
+                     _auc(truth, torch.tensor([float(scores[w]) for w in words])) if scores is not None else None)

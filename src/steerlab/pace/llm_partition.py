@@ -94,6 +94,15 @@ class LLMPartitioner:
     def model_name(self) -> str:
         return self._model if isinstance(self._model, str) else self._model.name
 
+    def _model_key(self) -> str:
+        """The judge's identity for the cache: its name, architecture and a hash of its first embedding
+        rows (two checkpoints under one name, e.g. local folders both called "model", differ there)."""
+        lm = self.lm
+        weight = lm.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        head = weight[:4].detach().float().cpu().numpy().tobytes()
+        return f"{lm.name}|{type(lm.model).__name__}|{hashlib.sha256(head).hexdigest()[:16]}"
+
     def _ids(self, task: Task, concept: str) -> list[int]:
         tok = self.lm.tokenizer
         if getattr(tok, "chat_template", None):
@@ -118,6 +127,12 @@ class LLMPartitioner:
         if not concepts:
             return torch.zeros(0)
         rows = [self._ids(task, c) for c in concepts]
+        config = lm.model.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        longest = max(len(r) for r in rows)
+        if limit and longest > limit:
+            raise InputError(f"The partitioner's prompt takes {longest} tokens but {self.model_name!r} reads at most "
+                             f"{limit}; use a model with a longer context or shorter concepts.")
         yes, no = self._answer_ids()
         pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         prefix_len = _common_prefix(rows) if share_prefix and len(rows) > 1 else 0
@@ -142,7 +157,7 @@ class LLMPartitioner:
         return out
 
     def _cache_path(self, dictionary: ConceptDictionary, task: Task) -> Path:
-        key = {"partitioner": "llm", "model": self.model_name, "prompt": PROMPT_VERSION,
+        key = {"partitioner": "llm", "model": self._model_key(), "prompt": PROMPT_VERSION,
                "task": [task.name, task.description, list(EXAMPLES.get(task.name, DEFAULT_EXAMPLES))]}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         return cache_dir() / "pace-partitions" / f"{dictionary.fingerprint}-llm-{digest}.pt"

@@ -43,7 +43,8 @@ class ElasticNet:
     before the active-set (Newton) steps; ``max_newton``: active-set steps before a row falls back
     to FISTA (``max_inner`` steps); ``newton_rows``: batches of more rows than this skip the Newton
     steps (a batch of small factorisations costs ~0.3 ms a row on CPU, more than FISTA's tail
-    there), so their inner problems are solved to ``tol`` rather than exactly; ``screen``: gap-safe screening of the later rounds' checks."""
+    there), so their inner problems are solved to ``tol`` rather than exactly; ``screen``: gap-safe
+    screening of the later rounds' checks."""
 
     alpha: float = 0.05
     tau: float = 0.95

@@ -78,7 +78,7 @@ def stimuli_folder(writer: str, concepts: Sequence[str], prompt: str, per_concep
 def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: int = 10,
                   max_new_tokens: int | None = None, batch_size: int = 16, shard: int = 64,
                   prompt: str = PROMPT, folder: str | Path | None = None, ray: str | None = None,
-                  workers: int = 2) -> dict[str, list[str]]:
+                  workers: int = 2, retries: int = 1) -> dict[str, list[str]]:
     """``{concept: sentences}`` written by ``writer`` (a loaded instruct model), resumable from
     ``folder`` (default: a folder in the user cache named for all the inputs)."""
     from ..distributed import map_tasks
@@ -95,8 +95,8 @@ def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: i
                                                                    max_new_tokens)
     shards = [StimuliShard(concepts[s: s + shard], per_concept, max_new_tokens, batch_size, prompt)
               for s in range(0, len(concepts), shard)]
-    parts = map_tasks(write_shard, shards, model=writer, ray=ray, workers=workers, resume_dir=folder,
-                      desc="stimuli")
+    parts = map_tasks(write_shard, shards, model=writer, ray=ray, workers=workers, retries=retries,
+                      resume_dir=folder, desc="stimuli")
     out: dict[str, list[str]] = {}
     for part in parts:
         out.update(part)
