@@ -11,6 +11,7 @@ from importlib import resources
 import torch
 
 from ..errors import UnknownNameError
+from ..evaluate.stats import bootstrap_ci
 
 
 def hand_labels(task: str) -> dict[str, bool]:
@@ -26,7 +27,7 @@ def hand_labels(task: str) -> dict[str, bool]:
 
 def _kappa(truth: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """Cohen's kappa along the last dimension (boolean tensors)."""
-    t, p = truth.float(), pred.float()
+    t, p = truth.double(), pred.double()
     observed = (t == p).float().mean(-1)
     chance = t.mean(-1) * p.mean(-1) + (1 - t.mean(-1)) * (1 - p.mean(-1))
     return (observed - chance) / (1 - chance).clamp(min=1e-12)
@@ -66,7 +67,7 @@ def _auc(truth: torch.Tensor, scores: torch.Tensor) -> float:
 
 
 def agreement(predicted: Mapping[str, bool], task: str, partitioner: str, *, exclude: Sequence[str] = (),
-              scores: Mapping[str, float] | None = None, boot: int = 2000, seed: int = 0) -> Agreement:
+              scores: Mapping[str, float] | None = None) -> Agreement:
     """Compare ``predicted`` labels with the hand labels of ``task`` on the words both have (minus
     ``exclude``, e.g. a prompt's worked examples); with ``scores``, also their ROC AUC."""
     truth_map = hand_labels(task)
@@ -74,10 +75,7 @@ def agreement(predicted: Mapping[str, bool], task: str, partitioner: str, *, exc
     truth = torch.tensor([truth_map[w] for w in words])
     pred = torch.tensor([bool(predicted[w]) for w in words])
     tp = int((truth & pred).sum())
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(words), (boot, len(words)), generator=g)
-    ks = _kappa(truth[idx], pred[idx])
-    lo, hi = torch.quantile(ks, torch.tensor([0.025, 0.975], dtype=ks.dtype)).tolist()
+    lo, hi = bootstrap_ci(torch.stack([truth, pred], 1), lambda v: _kappa(v[..., 0] > 0, v[..., 1] > 0))
     return Agreement(task, partitioner, len(words), int(truth.sum()), int(pred.sum()),
                      float((truth == pred).float().mean()), tp / max(int(pred.sum()), 1),
                      tp / max(int(truth.sum()), 1), float(_kappa(truth, pred)), (lo, hi),

@@ -1,8 +1,9 @@
 """Model-written concept stimuli (docs/methods.md, "PaCE", step 1, as the paper builds PaCE-1M): a local
 instruct model writes, for each concept, several sentences that use the word in context.
 
-Concepts go to the writer in shards; each shard's sentences are written greedily (so a rerun writes
-the same text) and kept on disk as soon as the shard is done, under a folder named for the writer,
+Concepts go to the writer in shards; each shard's sentences are sampled (temperature 0.8, top-p 0.95,
+frequency penalty 0.3, a fixed seed: greedy decoding makes a small writer repeat one sentence) and
+kept on disk as soon as the shard is done, under a folder named for the writer,
 the concept list, the prompt and the settings. An interrupted run picks up at the first unfinished
 shard; shards can run on Ray workers like a dictionary build. The template recipe
 (:data:`steerlab.pace.TEMPLATES`) stays the fast option.
@@ -24,8 +25,8 @@ from ..sources import cache_dir
 if TYPE_CHECKING:
     from ..model import SteerModel
 
-PROMPT = ('Write {n} different sentences that use the word "{concept}". Vary the setting and the sentence '
-          "shape; each sentence must contain the exact word. One sentence per line, no numbering.")
+PROMPT = ('Write {n} short sentences, each about a different situation, and each containing the word '
+          '"{concept}". Number them 1 to {n}, one per line.')
 
 _NUMBERING = re.compile(r"^\s*(?:[-*\u2022]|\(?\d+[.):]|[a-z][.)])\s*")
 
@@ -39,6 +40,7 @@ class StimuliShard:
     max_new_tokens: int
     batch_size: int
     prompt: str
+    seed: int = 0
 
 
 def concept_span(sentence: str, concept: str) -> tuple[int, int] | None:
@@ -64,20 +66,22 @@ def write_shard(lm: SteerModel, shard: StimuliShard) -> dict[str, list[str]]:
     """Sentences for each concept of one shard, written by ``lm``."""
     prompts = [shard.prompt.format(n=shard.per_concept, concept=c) for c in shard.concepts]
     replies = lm.generate(prompts, max_new_tokens=shard.max_new_tokens, batch_size=shard.batch_size,
+                          do_sample=True, temperature=0.8, top_p=0.95, frequency_penalty=0.3, seed=shard.seed,
                           progress=False)
     return {c: parse_sentences(r, c, shard.per_concept) for c, r in zip(shard.concepts, replies, strict=True)}
 
 
-def stimuli_folder(writer: str, concepts: Sequence[str], prompt: str, per_concept: int, max_new_tokens: int) -> Path:
+def stimuli_folder(writer: str, concepts: Sequence[str], prompt: str, per_concept: int, max_new_tokens: int,
+                   seed: int = 0) -> Path:
     """Where the sentences of one (writer, concept list, prompt, settings) are kept."""
     key = json.dumps({"writer": writer, "concepts": list(concepts), "prompt": prompt, "per_concept": per_concept,
-                      "max_new_tokens": max_new_tokens}, sort_keys=True)
+                      "max_new_tokens": max_new_tokens, "seed": seed, "sampling": [0.8, 0.95, 0.3]}, sort_keys=True)
     return cache_dir() / "pace-stimuli" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: int = 10,
                   max_new_tokens: int | None = None, batch_size: int = 16, shard: int = 64,
-                  prompt: str = PROMPT, folder: str | Path | None = None, ray: str | None = None,
+                  prompt: str = PROMPT, seed: int = 0, folder: str | Path | None = None, ray: str | None = None,
                   workers: int = 2, retries: int = 1) -> dict[str, list[str]]:
     """``{concept: sentences}`` written by ``writer`` (a loaded instruct model), resumable from
     ``folder`` (default: a folder in the user cache named for all the inputs)."""
@@ -92,8 +96,8 @@ def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: i
         raise InputError(f"per_concept must be at least 1 (got {per_concept}).")
     max_new_tokens = max_new_tokens or 28 * per_concept
     folder = Path(folder) if folder is not None else stimuli_folder(writer.name, concepts, prompt, per_concept,
-                                                                   max_new_tokens)
-    shards = [StimuliShard(concepts[s: s + shard], per_concept, max_new_tokens, batch_size, prompt)
+                                                                   max_new_tokens, seed)
+    shards = [StimuliShard(concepts[s: s + shard], per_concept, max_new_tokens, batch_size, prompt, seed + s)
               for s in range(0, len(concepts), shard)]
     parts = map_tasks(write_shard, shards, model=writer, ray=ray, workers=workers, retries=retries,
                       resume_dir=folder, desc="stimuli")
