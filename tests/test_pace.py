@@ -82,8 +82,10 @@ def _real_problem(smol, B=16):
 
         d = build_dictionary(smol, concept_words(400), [15], templates=TEMPLATES_FOR_TESTS)
         acts = capture(smol, ["Write an angry message to a neighbour whose dog barks all night.",
-                              "Describe a rainy Monday morning commute."], [15], positions="all",
-                       progress=False)[15].double()
+                              "Describe a rainy Monday morning commute.",
+                              "The storm tore the roof off the old barn, and the farmer cursed the sky all night.",
+                              "Tell me about the best holiday you ever had, with the food and the people."],
+                       [15], positions="all", chat=False, progress=False)[15].double()
         _REAL["D"] = d.matrix(15).double().contiguous()
         _REAL["Z"] = acts / acts.norm(dim=1, keepdim=True)
     g = torch.Generator().manual_seed(0)
@@ -91,10 +93,12 @@ def _real_problem(smol, B=16):
     return _REAL["D"], Z[torch.randperm(Z.shape[0], generator=g)[:B]]
 
 
-def test_solver_matches_sklearn_on_real_activations(smol):
+@pytest.mark.parametrize("rows", [16, 40])  # up to 16 rows: exact Newton steps; more: FISTA to tol
+def test_solver_matches_sklearn_on_real_activations(smol, rows):
     from sklearn.linear_model import ElasticNet as SkElasticNet
 
-    D, Z = _real_problem(smol)
+    D, Z = _real_problem(smol, B=rows)
+    assert Z.shape[0] == rows
     cfg = ElasticNet()
     for dtype in (torch.float64, torch.float32):
         C = sparse_code(D.to(dtype), Z.to(dtype), cfg)

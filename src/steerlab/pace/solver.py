@@ -209,7 +209,10 @@ def screen(corr: torch.Tensor, Z: torch.Tensor, R: torch.Tensor, C: torch.Tensor
     dual = ytheta - 0.5 * rr / (s * s)
     gap = torch.clamp(primal - dual, min=0.0)
     radius = torch.sqrt(2 * gap) * (1.0 + l2) ** 0.5  # ||augmented atom|| = sqrt(1 + l2)
-    return (aug.abs() / s[:, None] + radius[:, None] / 1.0) < l1
+    # Atoms of the solution sit exactly on the boundary |corr| = l1; a margin well above rounding
+    # error keeps them from being screened by a last-bit difference.
+    margin = l1 * 1e4 * torch.finfo(corr.dtype).eps
+    return (aug.abs() / s[:, None] + radius[:, None]) < l1 - margin
 
 
 @torch.no_grad()
