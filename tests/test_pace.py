@@ -5,6 +5,7 @@ import pytest
 import torch
 from tiny import tiny_model
 
+import steerlab
 from steerlab.pace import (
     METHODS,
     ConceptDictionary,
@@ -486,6 +487,20 @@ def test_pace_cli_on_the_embedded_model(tmp_path):
     methods = [r["method"] for r in report["results"]]
     assert methods == ["unsteered", "pace", "orthogonal", "subtraction"]
     assert all(r["perplexity"] > 1 and r["ms_per_token"] > 0 and len(r["texts"]) == 2 for r in report["results"])
+    # Intervals over prompts, and paired changes: exactly zero for the unsteered row against itself.
+    for r in report["results"]:
+        assert len(r["task_scores"]) == 2 and r["task_ci"][0] <= r["task_score"] <= r["task_ci"][1]
+    assert report["results"][0]["task_change_ci"] == [0.0, 0.0]
+    # A labelled extra steering (here a CAA-style vector) joins the same table.
+    from steerlab import Scaled, SteeringVector
+    from steerlab.pace.evaluation import evaluate_removal
+
+    lm = steerlab.load_model()
+    vec = SteeringVector({10: torch.randn(576)}, lm.name, 576)
+    res = evaluate_removal(lm, d, Partition.load(labels, d), [10], task="positive-sentiment",
+                           prompts=["Describe a rainy day."], methods=["unsteered"], max_new_tokens=4,
+                           steerings={"random x4": Scaled(vec, 4.0)})
+    assert [r.method for r in res.results] == ["unsteered", "random x4"] and "random x4" in res.table()
     assert (out / "pace-positive-sentiment.png").stat().st_size > 10_000
     assert main(["pace", "eval", "--dictionary", str(tmp_path / "missing.safetensors")]) == 2
 
