@@ -132,8 +132,9 @@ def _fista(G: torch.Tensor, b: torch.Tensor, c0: torch.Tensor, cfg: ElasticNet, 
 
 
 def _active_set(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: ElasticNet) -> torch.Tensor:
-    """Exact solutions of min 0.5 c'Gc - b'c + l1|c|_1 + 0.5 l2|c|^2 for a batch of small problems
-    (``G`` [n, m, m], float64) by the primal-dual active-set method.
+    """Solutions of min 0.5 c'Gc - b'c + l1|c|_1 + 0.5 l2|c|^2 for a batch of small problems
+    (``G`` [n, m, m]): exact, by the primal-dual active-set method in float64, for up to
+    ``newton_rows`` rows; to ``tol`` by FISTA for more.
 
     With ``Q = G + l2 I`` and ``lam = b - Q c`` the optimum is the fixed point of
     ``A = {i : |c_i + lam_i| > l1}``, ``s = sign(c + lam)`` on A, ``c_A = Q_AA^-1 (b_A - l1 s_A)``,
@@ -261,7 +262,7 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
     alive: torch.Tensor | None = None  # [t, K]: atoms that survived screening (None: not screened yet)
     for _ in range(cfg.max_outer):
         A = Dt[idx]  # [t, m, d]
-        # The Gram of the working set (m^2 d per row) in D's dtype; the small solves in float64.
+        # The Gram of the working set (m^2 d per row) in D's dtype; Newton steps convert to float64.
         G = torch.bmm(A, A.transpose(1, 2))
         c_ws = _active_set(G, corr[todo].gather(1, idx), c_ws, cfg).to(Z.dtype)
         rows = torch.arange(len(todo), device=Z.device)[:, None]
