@@ -505,6 +505,26 @@ def test_pace_cli_on_the_embedded_model(tmp_path):
     assert main(["pace", "eval", "--dictionary", str(tmp_path / "missing.safetensors")]) == 2
 
 
+def test_pace_build_cli_with_model_written_stimuli(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wordfreq")
+    from steerlab.cli import main
+
+    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))
+    words = tmp_path / "words.txt"
+    words.write_text("dog\ncat\nrain\n")
+    dic = tmp_path / "d.safetensors"
+    args = ["pace", "build", "--concept-file", str(words), "--layers", "6", "--stimuli", "model", "--writer",
+            "smollm2-135m", "--model", "smollm2-135m", "--per-concept", "2", "--out", str(dic), "--show", ""]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    d = ConceptDictionary.load(dic)
+    assert d.concepts == ["dog", "cat", "rain"] and d.meta["concepts_with_written_stimuli"] >= 1, first
+    # Written once: the second build reads the sentences from the cache and gives the same atoms.
+    assert len(list((tmp_path / "cache" / "pace-stimuli").rglob("task-*.pt"))) == 1
+    assert main(args) == 0
+    assert torch.equal(ConceptDictionary.load(dic).atoms[6], d.atoms[6])
+
+
 def test_forged_dictionary_files_are_refused(tmp_path):
     """NaN atoms, integer atoms and tensors whose byte ranges overlap (a centre read from the atoms'
     bytes) are refused with DictionaryFileError."""

@@ -57,15 +57,26 @@ def cmd_build(args) -> int:
     else:
         concepts = concept_words(args.concepts)
     layers = args.layers or [lm.num_layers // 2]
+    sentences = None
+    if args.stimuli == "model":
+        from ..model import load_model as load_writer
+        from ..pace.stimuli import model_stimuli
+
+        writer = lm if args.writer == args.model else load_writer(args.writer, dtype=args.dtype, device=args.device)
+        sentences = model_stimuli(writer, concepts, per_concept=args.per_concept, ray=args.ray,
+                                  workers=args.ray_workers)
+        usable = sum(1 for c in concepts if sentences.get(c))
+        print(f"model-written stimuli: {usable}/{len(concepts)} concepts have usable sentences "
+              f"({sum(len(v) for v in sentences.values())} in all); the rest use the templates")
     if args.ray is None and not args.resume:
-        d = build_dictionary(lm, concepts, layers, batch_size=args.batch_size, progress=True)
+        d = build_dictionary(lm, concepts, layers, batch_size=args.batch_size, progress=True, sentences=sentences)
     else:
         from ..distributed import build_dictionary_tasks
 
         d = build_dictionary_tasks(lm, concepts, layers, ray=args.ray, workers=args.ray_workers,
                                    model_spec=model_spec(args) if args.ray else None,
                                    resume_dir=Path(str(args.out) + ".tasks") if args.resume else None,
-                                   batch_size=args.batch_size, progress=True)
+                                   batch_size=args.batch_size, progress=True, sentences=sentences)
     path = d.save(args.out)
     if args.resume:
         import shutil
@@ -122,6 +133,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--concepts", type=int, default=10000, help="number of frequent English words (default 10000)")
     p.add_argument("--concept-file", default=None, help="one concept per line, instead of wordfreq words")
     p.add_argument("--layers", type=parse_layers, default=None, help="blocks to read (default: the middle one)")
+    p.add_argument("--stimuli", choices=["templates", "model"], default="templates",
+                   help="stimulus sentences: six project templates (fast) or written by --writer (cached, resumable)")
+    p.add_argument("--writer", default="qwen2.5-coder-0.5b", help="--stimuli model: the instruct model that writes")
+    p.add_argument("--per-concept", type=int, default=10, help="--stimuli model: sentences asked for per concept")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--show", type=lambda t: t.split(","), default=["love", "war", "money", "dog"],
                    help="print nearest neighbours of these concepts")
