@@ -77,12 +77,21 @@ def main() -> None:
              "model-written": build_dictionary(lm, words, [args.layer], sentences=sentences)}
     scores = {name: purity(d.atoms[args.layer].float(), group) for name, d in built.items()}
     diff = scores["model-written"] - scores["templates"]
+    # The same on only the words the writer produced usable sentences for (the rest fall back to
+    # the templates in the written dictionary), neighbours searched among those words.
+    have = counts > 0
+    subset = {name: purity(d.atoms[args.layer].float()[have], group[have]) for name, d in built.items()}
+    sub_diff = subset["model-written"] - subset["templates"]
     report = {
         "model": lm.name, "writer": args.writer, "layer": args.layer, "words": len(words), "chance": 7 / 159,
         "writing_seconds": write_s, "sentences_per_word": {"mean": float(counts.mean()), "min": int(counts.min())},
         "words_on_templates": len(words) - built["model-written"].meta["concepts_with_written_stimuli"],
         "purity": {name: {"mean": float(s.mean()), "ci95": bootstrap_ci(s)} for name, s in scores.items()},
         "difference": {"mean": float(diff.mean()), "ci95": bootstrap_ci(diff)},
+        "written_words_only": {
+            "words": int(have.sum()),
+            **{name: {"mean": float(s.mean()), "ci95": bootstrap_ci(s)} for name, s in subset.items()},
+            "difference": {"mean": float(sub_diff.mean()), "ci95": bootstrap_ci(sub_diff)}},
         "per_group": {name: {g: float(s[group == i].mean()) for i, g in enumerate(GROUPS)}
                       for name, s in scores.items()},
         "examples": {w: sentences[w][:3] for w in ("dog", "friday", "france", "sad")},
@@ -93,6 +102,12 @@ def main() -> None:
              "| stimuli | neighbour purity@5 [95% CI] |", "|---|---|"]
     for name, r in report["purity"].items():
         lines.append(f"| {name} | {r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] |")
+    w = report["written_words_only"]
+    lines += ["", f"On the {w['words']} words with usable written sentences only: templates "
+              f"{w['templates']['mean']:.3f} [{w['templates']['ci95'][0]:.3f}, {w['templates']['ci95'][1]:.3f}], "
+              f"model-written {w['model-written']['mean']:.3f} [{w['model-written']['ci95'][0]:.3f}, "
+              f"{w['model-written']['ci95'][1]:.3f}]; difference {w['difference']['mean']:+.3f} "
+              f"[{w['difference']['ci95'][0]:+.3f}, {w['difference']['ci95'][1]:+.3f}]."]
     d = report["difference"]
     lines += ["", f"Model-written minus templates: {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]. "
               f"Writing took {write_s:.0f} s ({counts.mean():.1f} usable sentences per word, fewest "

@@ -362,14 +362,15 @@ def test_model_written_stimuli_resume_without_repeating_work(tmp_path):
     # The second run wrote only the shards the first did not finish.
     assert written == ["love", "hate", "rain", "fox", "dog"]
     assert out == {w: [f"A sentence about {w} today."] for w in words}
-    # Written sentences build the same atoms as the same sentences given as a template.
+    # Written sentences build the same atoms as the same sentences, after the lead-in, as a template.
     d = build_dictionary(lm, words, [1], sentences=out)
     assert d.meta["stimuli"] == "model-written" and d.meta["concepts_with_written_stimuli"] == len(words)
-    plain = build_dictionary(lm, words, [1], templates=["A sentence about {w} today."])
+    template = stim.LEAD_IN + "A sentence about {w} today."
+    plain = build_dictionary(lm, words, [1], templates=[template])
     assert plain.meta["stimuli"] == "templates"
     assert torch.allclose(d.atoms[1], plain.atoms[1], atol=1e-5)
     # A concept whose sentences never use the word falls back to the templates.
-    mixed = build_dictionary(lm, words, [1], templates=["A sentence about {w} today."],
+    mixed = build_dictionary(lm, words, [1], templates=[template],
                              sentences={**out, "dog": ["No such word here."]})
     assert mixed.meta["concepts_with_written_stimuli"] == len(words) - 1
     assert torch.allclose(mixed.atoms[1], plain.atoms[1], atol=1e-5)

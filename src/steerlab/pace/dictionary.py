@@ -25,7 +25,7 @@ from ..progress import progress_bar
 from ..safefile import atomic_save, mmap_tensors, read_header
 from ..tokens import tokenize_with_offsets
 from .concepts import TEMPLATES, stimuli
-from .stimuli import concept_span
+from .stimuli import LEAD_IN, concept_span
 
 if TYPE_CHECKING:
     from ..model import SteerModel
@@ -131,9 +131,9 @@ def _sentences(concept: str, templates: Sequence[str], written: Sequence[str] | 
     """The concept's stimuli with its character span: model-written sentences when there are any,
     else the templates."""
     if written:
-        found = [(text, span) for text in written if (span := concept_span(text, concept))]
-        if found:
-            return [(text, start, end) for text, (start, end) in found]
+        found = [(LEAD_IN + text, span) for text in written if (span := concept_span(text, concept))]
+        if found:  # spans shifted past the lead-in (see stimuli.LEAD_IN)
+            return [(text, start + len(LEAD_IN), end + len(LEAD_IN)) for text, (start, end) in found]
     return stimuli(concept, templates)
 
 
@@ -227,6 +227,7 @@ def build_dictionary(lm: SteerModel, concepts: Sequence[str], layers: Sequence[i
     written = sum(1 for c in concepts if sentences and any(concept_span(t, c) for t in sentences.get(c, ())))
     meta = {"templates": list(templates), "recipe": "mean at concept tokens, centred, unit norm",
             "stimuli": "model-written" if written else "templates", "concepts_with_written_stimuli": written,
+            "lead_in": LEAD_IN if written else "",
             "site": "output", "build_seconds": round(time.time() - t0, 1),
             "build_id": hashlib.sha256(f"{time.time_ns()}".encode()).hexdigest()[:12]}
     return ConceptDictionary(concepts, atoms, lm.name, lm.hidden_size, centres, meta)

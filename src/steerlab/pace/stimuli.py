@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 PROMPT = ('Write {n} short sentences, each about a different situation, and each containing the word '
           '"{concept}". Number them 1 to {n}, one per line.')
 
+# Read before every written sentence. A third of a small writer's sentences open with the concept,
+# and a sequence's first tokens carry mostly position (they have no context to attend to): on
+# SmolLM2, atoms read there put unrelated words together (neighbour purity 0.40 vs 0.70 with this
+# lead-in, benchmarks/pace_stimuli.py). The lead-in is the same for every concept, so centring
+# removes what it adds.
+LEAD_IN = "Here is one more example. "
+
 _NUMBERING = re.compile(r"^\s*(?:[-*\u2022]|\(?\d+[.):]|[a-z][.)])\s*")
 
 
