@@ -334,7 +334,6 @@ def test_agreement_with_hand_labels():
 
 def test_model_written_stimuli_resume_without_repeating_work(tmp_path):
     import steerlab.pace.stimuli as stim
-    from steerlab.distributed import TaskFailed
 
     lm = tiny_model("llama")
     words = ["love", "hate", "rain", "fox", "dog"]  # shards of 2: [love, hate], [rain, fox], [dog]
@@ -353,10 +352,10 @@ def test_model_written_stimuli_resume_without_repeating_work(tmp_path):
     stim.write_shard = interrupted_once
     try:
         folder = tmp_path / "stimuli"
-        with pytest.raises(TaskFailed):
-            stim.model_stimuli(lm, words, per_concept=2, max_new_tokens=6, shard=2, folder=folder, retries=0)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            stim.model_stimuli(lm, words, per_concept=2, max_new_tokens=6, shard=2, folder=folder)
         assert written == ["love", "hate"]
-        out = stim.model_stimuli(lm, words, per_concept=2, max_new_tokens=6, shard=2, folder=folder, retries=0)
+        out = stim.model_stimuli(lm, words, per_concept=2, max_new_tokens=6, shard=2, folder=folder)
     finally:
         stim.write_shard = real_write
     # The second run wrote only the shards the first did not finish.
@@ -521,7 +520,7 @@ def test_pace_build_cli_with_model_written_stimuli(tmp_path, monkeypatch, capsys
     d = ConceptDictionary.load(dic)
     assert d.concepts == ["dog", "cat", "rain"] and d.meta["concepts_with_written_stimuli"] >= 1, first
     # Written once: the second build reads the sentences from the cache and gives the same atoms.
-    assert len(list((tmp_path / "cache" / "pace-stimuli").rglob("task-*.pt"))) == 1
+    assert len(list((tmp_path / "cache" / "pace-stimuli").rglob("shard-*.json"))) == 1
     assert main(args) == 0
     assert torch.equal(ConceptDictionary.load(dic).atoms[6], d.atoms[6])
 

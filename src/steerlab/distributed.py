@@ -194,6 +194,19 @@ def layer_sweep_tasks(lm: SteerModel, train, test, layers, multipliers=(-1.0, 1.
     return merge_sweeps(parts)
 
 
+def model_stimuli_tasks(writer: SteerModel, concepts, *, ray: str | None = "local", workers: int = 2,
+                        model_spec: ModelSpec | None = None, **options):
+    """:func:`steerlab.pace.stimuli.model_stimuli` with its shards written on Ray workers (each loads
+    ``model_spec``, default ``writer``'s name and dtype); finished shards are kept as in a local run."""
+    from .pace.stimuli import model_stimuli, write_shard
+
+    def run_shards(shards):
+        return map_tasks(write_shard, shards, model=model_spec or writer, ray=ray, workers=workers,
+                         desc="stimuli shards")
+
+    return model_stimuli(writer, concepts, run_shards=run_shards, **options)
+
+
 def build_dictionary_tasks(lm: SteerModel, concepts, layers, *, ray: str | None = "local", workers: int = 2,
                            model_spec: ModelSpec | None = None, resume_dir=None, **options):
     """:func:`steerlab.pace.build_dictionary` with its concept shards run as tasks: on Ray workers when

@@ -63,8 +63,13 @@ def cmd_build(args) -> int:
         from ..pace.stimuli import model_stimuli
 
         writer = lm if args.writer == args.model else load_writer(args.writer, dtype=args.dtype, device=args.device)
-        sentences = model_stimuli(writer, concepts, per_concept=args.per_concept, ray=args.ray,
-                                  workers=args.ray_workers)
+        if args.ray is None:
+            sentences = model_stimuli(writer, concepts, per_concept=args.per_concept, progress=True)
+        else:
+            from ..distributed import model_stimuli_tasks
+
+            sentences = model_stimuli_tasks(writer, concepts, ray=args.ray, workers=args.ray_workers,
+                                            per_concept=args.per_concept)
         usable = sum(1 for c in concepts if sentences.get(c))
         print(f"model-written stimuli: {usable}/{len(concepts)} concepts have usable sentences "
               f"({sum(len(v) for v in sentences.values())} in all); the rest use the templates")

@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from ..progress import progress_bar
+from ..safefile import atomic_write
 from ..sources import cache_dir
 
 if TYPE_CHECKING:
@@ -86,14 +88,21 @@ def stimuli_folder(writer: str, concepts: Sequence[str], prompt: str, per_concep
     return cache_dir() / "pace-stimuli" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def _shard_file(folder: Path, index: int, shard: StimuliShard) -> Path:
+    digest = hashlib.sha256(json.dumps([shard.concepts, shard.seed]).encode()).hexdigest()[:12]
+    return folder / f"shard-{index}-{digest}.json"
+
+
 def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: int = 10,
                   max_new_tokens: int | None = None, batch_size: int = 16, shard: int = 64,
-                  prompt: str = PROMPT, seed: int = 0, folder: str | Path | None = None, ray: str | None = None,
-                  workers: int = 2, retries: int = 1) -> dict[str, list[str]]:
-    """``{concept: sentences}`` written by ``writer`` (a loaded instruct model), resumable from
-    ``folder`` (default: a folder in the user cache named for all the inputs)."""
-    from ..distributed import map_tasks
-
+                  prompt: str = PROMPT, seed: int = 0, folder: str | Path | None = None,
+                  run_shards: Callable[[list[StimuliShard]], list[dict[str, list[str]]]] | None = None,
+                  progress: bool | None = None) -> dict[str, list[str]]:
+    """``{concept: sentences}`` written by ``writer`` (a loaded instruct model). Each shard is kept
+    in ``folder`` (default: a folder in the user cache named for all the inputs) as soon as it is
+    written, and a later call skips the shards found there. ``run_shards`` (default: one after
+    another, here) writes a list of shards elsewhere, e.g. on Ray workers
+    (:func:`steerlab.distributed.model_stimuli_tasks`)."""
     concepts = list(dict.fromkeys(c.strip() for c in concepts if c.strip()))
     if not concepts:
         raise InputError("No concepts to write stimuli for.")
@@ -104,11 +113,27 @@ def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: i
     max_new_tokens = max_new_tokens or 28 * per_concept
     folder = Path(folder) if folder is not None else stimuli_folder(writer.name, concepts, prompt, per_concept,
                                                                    max_new_tokens, seed)
+    folder.mkdir(parents=True, exist_ok=True)
     shards = [StimuliShard(concepts[s: s + shard], per_concept, max_new_tokens, batch_size, prompt, seed + s)
               for s in range(0, len(concepts), shard)]
-    parts = map_tasks(write_shard, shards, model=writer, ray=ray, workers=workers, retries=retries,
-                      resume_dir=folder, desc="stimuli")
     out: dict[str, list[str]] = {}
-    for part in parts:
-        out.update(part)
-    return out
+    todo: list[tuple[StimuliShard, Path]] = []
+    for i, sh in enumerate(shards):
+        path = _shard_file(folder, i, sh)
+        if path.exists():
+            out.update(json.loads(path.read_text(encoding="utf-8")))
+        else:
+            todo.append((sh, path))
+
+    def keep(path: Path, written: dict[str, list[str]]) -> None:
+        text = json.dumps(written, ensure_ascii=False)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        out.update(written)
+
+    if run_shards is None:
+        for sh, path in progress_bar(todo, "stimuli", progress=progress, unit="shard"):
+            keep(path, write_shard(writer, sh))
+    elif todo:
+        for (_, path), written in zip(todo, run_shards([sh for sh, _ in todo]), strict=True):
+            keep(path, written)
+    return {c: out.get(c, []) for c in concepts}
