@@ -34,7 +34,9 @@ def main() -> None:
     parser.add_argument("--concepts", type=int, default=3000)
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--caa", default="2,4,8", help="CAA multipliers")
+    parser.add_argument("--caa", default="2,4,8", help="CAA multipliers ('' for none)")
+    parser.add_argument("--methods", nargs="+", default=["unsteered", "pace", "pace-positive", "orthogonal",
+                                                          "subtraction"])
     args = parser.parse_args()
 
     lm = steerlab.load_model(args.model)
@@ -50,10 +52,10 @@ def main() -> None:
     partition = EmbeddingPartitioner().partition(dictionary, "positive-sentiment")
     train, _ = datasets.split(datasets.to_open_answers(datasets.builtin("sentiment")))
     vector = caa.extract(lm, train, layer)
-    steerings = {f"CAA sentiment x{m:g}": Scaled(vector, m) for m in (float(x) for x in args.caa.split(","))}
+    steerings = {f"CAA sentiment x{m:g}": Scaled(vector, m) for m in (float(x) for x in args.caa.split(",") if x)}
     result = evaluate_removal(lm, dictionary, partition, [layer], task="positive-sentiment",
                               prompts=PROMPTS["positive-sentiment"][: args.prompts],
-                              methods=["unsteered", "pace", "pace-positive", "orthogonal", "subtraction"],
+                              methods=args.methods,
                               max_new_tokens=args.max_new_tokens, steerings=steerings)
     stem = f"pace-effect-{args.model}"
     result.plot(RESULTS / f"{stem}.png")
