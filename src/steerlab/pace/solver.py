@@ -9,10 +9,10 @@ solutions are sparse (tens to a few hundred atoms), so each row is solved on a s
 of atoms and the full dictionary is touched only to check the answer:
 
 1. one full product ``Z D`` gives every atom's correlation with ``z``; the working set starts as the
-   most correlated atoms (plus the support of a warm start, e.g. the previous decoding step);
+   most correlated atoms (plus the support of a warm start, if one is given);
 2. on the working set the problem is solved *exactly* by a primal-dual active-set (semismooth
-   Newton) iteration: guess the support and signs, solve the small linear system on the support by
-   Cholesky, update the guess from the optimality conditions, repeat until the guess is stable (a few
+   Newton) iteration: guess the support and signs, solve the small linear system on the support (LU),
+   update the guess from the optimality conditions, repeat until the guess is stable (a few
    steps); rows where it does not settle fall back to FISTA;
 3. a second full product checks the optimality conditions over all K atoms. From the same numbers a
    *gap-safe screening* test (Fercoq, Gramfort & Salmon 2015) discards every atom that provably has
@@ -227,9 +227,10 @@ def sparse_code(
 ) -> torch.Tensor:
     """Elastic-net coefficients ``[B, K]`` for the rows of ``Z`` (``[B, d]``) against ``D`` (``[d, K]``).
 
-    ``init``: warm-start coefficients ``[B, K]`` (e.g. from the previous decoding step): their
-    support joins the first working set. Rows are solved ``chunk`` at a time to bound memory. The
-    full products run in ``D``'s dtype (float32 or float64); the small exact solves in float64."""
+    ``init``: warm-start coefficients ``[B, K]``: their support joins the first working set (PaCE
+    does not pass one while decoding: consecutive tokens share too little support for it to help).
+    Rows are solved ``chunk`` at a time to bound memory. The full products run in ``D``'s dtype
+    (float32 or float64); the small exact solves in float64."""
     if D.ndim != 2 or Z.ndim != 2 or Z.shape[1] != D.shape[0]:
         raise InputError(f"Need D [d, K] and Z [B, d]; got D {tuple(D.shape)} and Z {tuple(Z.shape)}.")
     if not torch.isfinite(Z).all():
