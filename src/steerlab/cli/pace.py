@@ -31,7 +31,7 @@ def cmd_agreement(args) -> int:
     words = list(hand_labels(task.name))
     emb = EmbeddingPartitioner(threshold=args.threshold, margin=args.margin, cache=False)
     bad, good = emb.scores(words, task)
-    emb_labels = dict(zip(words, ((bad >= args.threshold) & (bad - good >= args.margin)).tolist(), strict=True))
+    emb_labels = dict(zip(words, emb.decide(bad, good).tolist(), strict=True))
     rows = [agreement(emb_labels, task.name, f"embedding (threshold {args.threshold}, margin {args.margin})",
                       scores=dict(zip(words, (bad - good).tolist(), strict=True)))]
     if args.judge:

@@ -227,6 +227,11 @@ class EmbeddingPartitioner:
         good = (emb @ self.embedder(task.benign).T).max(1).values if task.benign else torch.full_like(bad, -1.0)
         return bad, good
 
+    def decide(self, bad: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
+        """The labels from :meth:`scores`: undesirable when the best undesirable match clears
+        ``threshold`` and beats the best benign one by ``margin``."""
+        return (bad >= self.threshold) & (bad - good >= self.margin)
+
     def partition(self, dictionary: ConceptDictionary, task: str | Task, progress: bool | None = None) -> Partition:
         task = get_task(task)
         key = {"partitioner": "embedding", "threshold": self.threshold, "margin": self.margin,
@@ -236,7 +241,7 @@ class EmbeddingPartitioner:
         if self.cache and path.exists():
             return Partition.load(path, dictionary, task.name)
         bad, good = self.scores(dictionary.concepts, task, progress=progress)
-        undesirable = (bad >= self.threshold) & (bad - good >= self.margin)
+        undesirable = self.decide(bad, good)
         out = Partition(task.name, list(dictionary.concepts), undesirable, bad - good,
                         f"embedding(threshold={self.threshold}, margin={self.margin})")
         if self.cache:
