@@ -9,7 +9,9 @@ the first ``--sk-tokens`` of them. Reports tokens/s for both, the ratio, and the
 objective gap on the tokens both solved.
 
 Run: .venv/bin/python benchmarks/pace_speed.py --dictionary DICT.safetensors [--layer 15]
-Writes benchmarks/results/pace-speed.md and .json.
+On a GPU: ``--model FILE.gguf --labels LABELS.tsv`` (a machine without the model packages; labels
+from ``steerlab pace label --out``) and ``--report pace-speed-cuda``; timings synchronise the device.
+Writes benchmarks/results/<report>.md and .json.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from common import save_report
 
 import steerlab
 from steerlab.capture import capture
-from steerlab.pace import ConceptDictionary, ElasticNet, EmbeddingPartitioner, PaCE, objective, sparse_code
+from steerlab.pace import ConceptDictionary, ElasticNet, EmbeddingPartitioner, PaCE, Partition, objective, sparse_code
 from steerlab.pace.evaluation import PROMPTS
 
 BATCHES = (1, 8)
@@ -37,31 +39,42 @@ def main() -> None:
     parser.add_argument("--sk-tokens", type=int, default=24)
     parser.add_argument("--gen-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default=None, help="default: the embedded model")
+    parser.add_argument("--labels", default=None, help="labels TSV instead of the embedding partitioner")
+    parser.add_argument("--report", default="pace-speed")
     args = parser.parse_args()
     from sklearn.linear_model import ElasticNet as SkElasticNet
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    lm = steerlab.load_model()
+    lm = steerlab.load_model(args.model)
+    cuda = lm.device.type == "cuda"
+
+    def clock() -> float:  # wall time with the device's queued work finished
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     d = ConceptDictionary.load(args.dictionary, lm)
-    D = d.matrix(args.layer).float().contiguous()
+    D = d.matrix(args.layer).float().contiguous().to(lm.device)
     texts = PROMPTS["detox"] + PROMPTS["positive-sentiment"]
     Z = capture(lm, texts, [args.layer], positions="all", chat=True, progress=False)[args.layer]
+    Z = Z.float().to(lm.device)
     Z_seq = Z / Z.norm(dim=1, keepdim=True)  # in text order
-    Z = Z[torch.randperm(Z.shape[0], generator=torch.Generator().manual_seed(0))[: args.tokens]]
+    Z = Z[torch.randperm(Z.shape[0], generator=torch.Generator().manual_seed(0))[: args.tokens].to(lm.device)]
     Z = Z / Z.norm(dim=1, keepdim=True)
     cfg = ElasticNet()
 
     n_sk = min(args.sk_tokens, Z.shape[0])
-    Dn = D.double().numpy()
+    Dn = D.double().cpu().numpy()
     # Accuracy of each solver against a near-exact float64 solution.
     exact = objective(D, Z[:n_sk], sparse_code(D.double(), Z[:n_sk].double(), ElasticNet(tol=1e-5)), cfg)
     ours = {}
     for tol in (cfg.tol, 1e-3):  # the default, and a tighter one for comparing at sklearn's accuracy
         times = []
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0 = clock()
             C_tol = sparse_code(D, Z, ElasticNet(tol=tol))
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         gap = float(((objective(D, Z[:n_sk], C_tol[:n_sk], cfg) - exact) / exact).max())
         ours[str(tol)] = {"tokens_per_s": Z.shape[0] / statistics.median(times), "vs_exact": gap}
         if tol == cfg.tol:
@@ -75,7 +88,7 @@ def main() -> None:
     seq = Z_seq[:64]
     single: dict[str, float] = {}
     for label in ("product only", "cold", "warm"):
-        t0 = time.perf_counter()
+        t0 = clock()
         prev = None
         solved = []
         for i in range(seq.shape[0]):
@@ -84,7 +97,7 @@ def main() -> None:
             else:
                 prev = sparse_code(D, seq[i: i + 1], cfg, init=prev if label == "warm" else None)
                 solved.append(prev[0] != 0)
-        single[label] = 1000 * (time.perf_counter() - t0) / seq.shape[0]
+        single[label] = 1000 * (clock() - t0) / seq.shape[0]
     # Share of each token's support that the previous token's support already holds.
     single["support_overlap"] = statistics.mean(
         float((a & b).sum() / max(int(b.sum()), 1)) for a, b in zip(solved, solved[1:], strict=False))
@@ -95,8 +108,8 @@ def main() -> None:
         for i in range(n_sk):
             sk = SkElasticNet(alpha=cfg.alpha / D.shape[0], l1_ratio=cfg.tau, fit_intercept=False, max_iter=10000,
                               tol=sk_tol)
-            sk.fit(Dn, Z[i].double().numpy())
-            coef.append(torch.from_numpy(sk.coef_))
+            sk.fit(Dn, Z[i].double().cpu().numpy())
+            coef.append(torch.from_numpy(sk.coef_).to(lm.device))
         rate = n_sk / (time.perf_counter() - t0)
         sk_obj = objective(D, Z[:n_sk], torch.stack(coef), cfg)
         sklearn[str(sk_tol)] = {"tokens_per_s": rate, "speedup": ours_rate / rate,
@@ -104,7 +117,8 @@ def main() -> None:
                                 "steerlab_minus_sklearn": float(((ours_obj - sk_obj) / sk_obj).max())}
 
     # Generation: greedy, batch 1 and 8, unsteered vs PaCE at the same layer (positive-sentiment labels).
-    part = EmbeddingPartitioner().partition(d, "positive-sentiment")
+    part = (Partition.load(args.labels, d, "positive-sentiment") if args.labels
+            else EmbeddingPartitioner().partition(d, "positive-sentiment"))
     pace = PaCE(d, part, [args.layer])
     prompts = PROMPTS["positive-sentiment"][:8]
     lm.generate(prompts[:1], max_new_tokens=2)
@@ -113,13 +127,14 @@ def main() -> None:
         for name, steering in (("unsteered", None), ("pace", pace)):
             times = []
             for _ in range(args.repeats):
-                t0 = time.perf_counter()
+                t0 = clock()
                 out = lm.generate(prompts[:batch], steering=steering, max_new_tokens=args.gen_tokens,
                                   batch_size=batch)
-                times.append(time.perf_counter() - t0)
+                times.append(clock() - t0)
             n = sum(len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in out)
             gen[f"{name} batch {batch}"] = 1000 * statistics.median(times) / max(n, 1)
     report = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(lm.dtype),
         "dictionary": {"concepts": len(d), "layer": args.layer, "hidden": d.hidden_size},
         "solver": {"tokens": int(Z.shape[0]), "steerlab_tokens_per_s": ours_rate, "tol": cfg.tol, "steerlab": ours,
                    "steerlab_vs_exact": ours_err, "sklearn_tokens": n_sk, "sklearn": sklearn,
@@ -129,7 +144,7 @@ def main() -> None:
         "pace_vs_unsteered": {b: gen[f"pace batch {b}"] / gen[f"unsteered batch {b}"] for b in BATCHES},
     }
     s = report["solver"]
-    lines = [f"# PaCE speed ({lm.name}, {len(d)} concepts, block {args.layer})", "",
+    lines = [f"# PaCE speed ({lm.name}, {len(d)} concepts, block {args.layer}; {report['device']}, {lm.dtype})", "",
              f"## Elastic net on {s['tokens']} unit-norm token activations (tol {cfg.tol}; scikit-learn per token on "
              f"the first {n_sk}; objective gap to a float64 solution)", "",
              "| solver | tokens/s | objective above exact | steerlab speed-up |", "|---|---:|---:|---:|",
@@ -148,7 +163,7 @@ def main() -> None:
               "|---:|---:|---:|---:|"]
     lines += [f"| {b} | {gen[f'unsteered batch {b}']:.1f} | {gen[f'pace batch {b}']:.1f} | "
               f"{report['pace_vs_unsteered'][b]:.2f} |" for b in BATCHES]
-    save_report("pace-speed", lines, report)
+    save_report(args.report, lines, report)
 
 if __name__ == "__main__":
     main()

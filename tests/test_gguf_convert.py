@@ -1,5 +1,6 @@
 """The streaming GGUF conversion gives exactly the model transformers builds from the whole file."""
 
+import shutil
 import warnings
 
 import pytest
@@ -14,12 +15,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b"])
 def test_streamed_conversion_equals_whole_file_load(name, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     try:
         gguf = builtin_gguf_path(BUILTIN_MODELS[name])
     except ModelNotFoundError as err:
         pytest.skip(str(err))
+    try:
+        _compare(gguf, tmp_path)
+    finally:  # the copy is up to 2.4 GB; CI's disk keeps pytest's last three runs
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _compare(gguf, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     assert convert_gguf(gguf, tmp_path, shard_bytes=64 * 2**20)
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1  # really sharded
     with warnings.catch_warnings():

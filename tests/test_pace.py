@@ -508,7 +508,12 @@ def test_pace_cli_on_the_embedded_model(tmp_path):
 def test_pace_build_cli_with_model_written_stimuli(tmp_path, monkeypatch, capsys):
     pytest.importorskip("wordfreq")
     from steerlab.cli import main
+    from steerlab.sources import cache_dir
 
+    models = cache_dir() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(models)  # a fresh stimuli cache, not a second copy of the model
     monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))
     words = tmp_path / "words.txt"
     words.write_text("dog\ncat\nrain\n")
