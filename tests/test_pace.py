@@ -94,13 +94,14 @@ def _real_problem(smol, B=16):
     return _REAL["D"], Z[torch.randperm(Z.shape[0], generator=g)[:B]]
 
 
-@pytest.mark.parametrize("rows", [16, 40])  # up to 16 rows: exact Newton steps; more: FISTA to tol
-def test_solver_matches_sklearn_on_real_activations(smol, rows):
+@pytest.mark.parametrize("sync_free", [False, True], ids=["adaptive", "sync-free"])
+@pytest.mark.parametrize("rows", [16, 40])  # adaptive: up to 16 rows exact Newton steps; more: FISTA to tol
+def test_solver_matches_sklearn_on_real_activations(smol, rows, sync_free):
     from sklearn.linear_model import ElasticNet as SkElasticNet
 
     D, Z = _real_problem(smol, B=rows)
     assert Z.shape[0] == rows
-    cfg = ElasticNet()
+    cfg = ElasticNet(sync_free=sync_free)
     for dtype in (torch.float64, torch.float32):
         C = sparse_code(D.to(dtype), Z.to(dtype), cfg)
         ours = objective(D, Z, C, cfg)
@@ -584,3 +585,46 @@ def test_labels_file_keeps_awkward_concept_names_and_refuses_conflicts(tmp_path)
     path.write_text(path.read_text() + "plain\tundesirable\t0\n")
     with pytest.raises(ValueError, match=r"labels.tsv:\d+: concept 'plain' is labelled undesirable here but benign"):
         Partition.load(path, d)
+
+
+def test_sync_free_solver_is_checked_by_its_kkt_violation(smol):
+    """The fixed-shape path reports how far it is from optimal: ~0 on real activations with the
+    default working set, clearly not 0 when the working set is too small for the support."""
+    from steerlab.pace.solver import kkt_violation
+
+    D, Z = _real_problem(smol, B=16)
+    exact = sparse_code(D, Z, ElasticNet(tol=1e-7, sync_free=False))
+    assert float(kkt_violation(D, Z, sparse_code(D, Z, ElasticNet(sync_free=True)), ElasticNet()).max()) < 1e-3
+    small = sparse_code(D, Z, ElasticNet(sync_free=True, fixed_set=16, fixed_rounds=1))
+    assert float(kkt_violation(D, Z, small, ElasticNet()).max()) > 0.05
+    assert float(kkt_violation(D, Z, exact, ElasticNet()).max()) < 1e-5
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_sync_free_pace_edits_as_the_adaptive_path(device):
+    """With the sync-free solver the hook edits every position and keeps the window's (no host
+    syncs); it must give what the adaptive solver's masked edit gives, positions outside the
+    window untouched, on CPU and (where there is one) on a GPU."""
+    from tiny import tiny_model
+
+    from steerlab import Window
+    from steerlab.capture import capture
+
+    lm = tiny_model("llama")
+    words = ["love", "hate", "rain", "fox", "dog", "cake", "flowers", "model"]
+    d = build_dictionary(lm, words, [2], templates=["I like {w} a lot.", "The {w} was there."])
+    part = SeedPartitioner(["love", "fox"]).partition(d)
+    prompts = ["I love sunny days and", "The quick brown fox jumps over"]
+    plain = capture(lm, prompts, [3], positions="all", progress=False)[3]
+    for window in (Window.all(), Window.span(0, 3)):
+        with steerlab.steer(lm, PaCE(d, part, [2], solver=ElasticNet(tol=1e-6), window=window)):
+            want = capture(lm, prompts, [3], positions="all", progress=False)[3]
+        lm.model.to(device)
+        try:
+            with steerlab.steer(lm, PaCE(d, part, [2], solver=ElasticNet(sync_free=True), window=window)):
+                got = capture(lm, prompts, [3], positions="all", progress=False)[3].cpu()
+        finally:
+            lm.model.to("cpu")
+        assert (want - plain).abs().max() > 1e-3  # the removal acts
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)

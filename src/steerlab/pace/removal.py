@@ -64,15 +64,27 @@ class _Removal(SteeringBase):
     def _hook(self, layer: int):
         def fn(h: torch.Tensor, ctx: HookContext) -> torch.Tensor:
             sel = ctx.mask
-            if not sel.any() or len(self.undesirable) == 0:
+            if len(self.undesirable) == 0:
+                return h
+            strength = ctx.strength[:, None].expand_as(sel)
+            if self._all_positions():
+                # Every position, then keep the edit where the window applies: selecting rows by a mask
+                # (and asking whether any is selected) would wait for a GPU at every block and step.
+                z = h.reshape(-1, h.shape[-1]).float()
+                edited = (z - strength.reshape(-1, 1).float() * self.edit(z, layer)).to(h.dtype)
+                return torch.where(sel[..., None], edited.reshape(h.shape), h)
+            if not sel.any():
                 return h
             z = h[sel].float()
-            strength = ctx.strength[:, None].expand_as(sel)[sel].float()[:, None]
             out = h.clone()
-            out[sel] = (z - strength * self.edit(z, layer)).to(h.dtype)
+            out[sel] = (z - strength[sel].float()[:, None] * self.edit(z, layer)).to(h.dtype)
             return out
 
         return fn
+
+    def _all_positions(self) -> bool:
+        """Edit every position and select afterwards (no host sync); with the sync-free solver only."""
+        return False
 
     def interventions(self, strength: Rows | None = None) -> list[Intervention]:
         s = self.strength if strength is None else strength
@@ -100,7 +112,16 @@ class PaCE(_Removal):
         super().__init__(dictionary, partition, layers, strength=strength, window=window)
         self.solver = solver
         self.sign = sign
-        self.stats = {"tokens": 0, "nonzeros": 0, "removed_norm": 0.0}
+        self._totals: torch.Tensor | None = None  # tokens, non-zeros, removed norm; on the device, read lazily
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Tokens edited, non-zero coefficients and the summed ``||removed|| / ||z||`` so far."""
+        tokens, nonzeros, removed = (0.0, 0.0, 0.0) if self._totals is None else self._totals.tolist()
+        return {"tokens": int(tokens), "nonzeros": int(nonzeros), "removed_norm": removed}
+
+    def _all_positions(self) -> bool:
+        return bool(self.solver.sync_free)
 
     def decompose(self, z: torch.Tensor, layer: int) -> torch.Tensor:
         """Elastic-net coefficients ``[N, K]`` of the rows of ``z`` (each scaled to unit norm first;
@@ -113,13 +134,14 @@ class PaCE(_Removal):
 
     def edit(self, z: torch.Tensor, layer: int) -> torch.Tensor:
         C = self.decompose(z, layer)
-        U = self.undesirable.to(z.device)
+        U = self._tensor("Ui", layer, z, lambda: self.undesirable)
         atoms = self._tensor("U", layer, z, lambda: self.dictionary.atoms[layer][self.undesirable].float())
-        self.stats["tokens"] += z.shape[0]
-        self.stats["nonzeros"] += int((C != 0).sum())
         coef = C[:, U] if self.sign == "both" else C[:, U].clamp(min=0)
         removed = coef @ atoms
-        self.stats["removed_norm"] += float((removed.norm(dim=-1) / z.norm(dim=-1).clamp(min=1e-8)).sum())
+        step = torch.stack([torch.full((), z.shape[0], dtype=torch.float64, device=z.device),
+                            (C != 0).sum().double(),
+                            (removed.norm(dim=-1) / z.norm(dim=-1).clamp(min=1e-8)).sum().double()])
+        self._totals = step if self._totals is None else self._totals + step
         return removed
 
 

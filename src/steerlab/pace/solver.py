@@ -20,6 +20,17 @@ of atoms and the full dictionary is touched only to check the answer:
    and check only the atoms that survived screening.
 
 Everything is batched torch (CPU or GPU), many token activations at once.
+
+On a GPU the loop above is slow for a few rows: every "is this row done?" is a host-device
+synchronisation, and the small steps are launch-bound (87 ms per token on an H100, against 0.02 ms
+for the ``D'z`` product; benchmarks/results/pace-speed-cuda.md). ``ElasticNet(sync_free=True)``
+takes a *sync-free* path instead (opt-in: it is checked against scikit-learn on CPU, but its GPU
+speed has not been measured yet), with the same steps on fixed shapes: a working set of
+``fixed_set`` atoms, a fixed number of FISTA and masked active-set steps (an ``[m, m]`` system whose
+rows off the support are the identity), and ``fixed_rounds`` rounds that swap the worst violators
+in; nothing reads a value back until the coefficients are returned. It is exact when the support
+fits in the working set and the rounds suffice (the tests check it against scikit-learn);
+:func:`kkt_violation` measures it afterwards.
 """
 
 from __future__ import annotations
@@ -34,17 +45,18 @@ from ..errors import InputError
 
 @dataclass(frozen=True)
 class ElasticNet:
-    """Solver settings. ``alpha``/``tau``: the penalty (PaCE's reference values 0.05 / 0.95 for
-    unit-norm ``z``); ``tol``: allowed optimality violation, relative to ``alpha * tau``, of atoms
-    outside the working set (the working-set problems themselves are solved exactly; 0.02 keeps the
-    objective within ~2e-5 relative of the optimum on real activations, 1e-3 within ~1e-8, see
-    benchmarks/pace_speed.py); ``working_set``: atoms per row in the first inner problems (grown
-    when too small); ``fista_steps``: FISTA steps that bring each inner problem near its support
-    before the active-set (Newton) steps; ``max_newton``: active-set steps before a row falls back
-    to FISTA (``max_inner`` steps); ``newton_rows``: batches of more rows than this skip the Newton
-    steps (a batch of small factorisations costs ~0.3 ms a row on CPU, more than FISTA's tail
-    there), so their inner problems are solved to ``tol`` rather than exactly; ``screen``: gap-safe
-    screening of the later rounds' checks."""
+    """Solver settings. ``alpha``/``tau``: the penalty (PaCE's reference values 0.05 / 0.95 for unit-norm ``z``);
+    ``tol``: allowed optimality violation, relative to ``alpha * tau``, of atoms outside the working set (the
+    working-set problems themselves are solved exactly; 0.02 keeps the objective within ~2e-5 relative of the
+    optimum on real activations, 1e-3 within ~1e-8, see benchmarks/pace_speed.py; not used by the sync-free
+    path); ``working_set``: atoms per row in the first inner problems (grown when too small); ``fista_steps``:
+    FISTA steps that bring each inner problem near its support before the active-set (Newton) steps;
+    ``max_newton``: active-set steps before a row falls back to FISTA (``max_inner`` steps); ``newton_rows``:
+    batches of more rows than this skip the Newton steps (a batch of small factorisations costs ~0.3 ms a row on
+    CPU, more than FISTA's tail there), so their inner problems are solved to ``tol`` rather than exactly;
+    ``screen``: gap-safe screening of the later rounds' checks. ``sync_free``: the fixed-shape path of the
+    module docstring (opt-in; meant for GPUs), with ``fixed_set`` atoms per row, ``fixed_rounds`` rounds and
+    ``fixed_newton`` active-set steps per round after ``fista_steps`` FISTA steps."""
 
     alpha: float = 0.05
     tau: float = 0.95
@@ -56,10 +68,16 @@ class ElasticNet:
     newton_rows: int = 16
     working_set: int = 96
     screen: bool = True
+    sync_free: bool = False
+    fixed_set: int = 256
+    fixed_rounds: int = 3
+    fixed_newton: int = 6
 
     def __post_init__(self) -> None:
         if not (self.alpha > 0 and 0 < self.tau <= 1):
             raise InputError(f"Need alpha > 0 and 0 < tau <= 1 (got alpha={self.alpha}, tau={self.tau}).")
+        if self.fixed_set < 1 or self.fixed_rounds < 1 or self.fixed_newton < 0:
+            raise InputError("Need fixed_set >= 1, fixed_rounds >= 1 and fixed_newton >= 0.")
 
     @property
     def l1(self) -> float:
@@ -233,7 +251,7 @@ def sparse_code(
     (float32 or float64); the small exact solves in float64."""
     if D.ndim != 2 or Z.ndim != 2 or Z.shape[1] != D.shape[0]:
         raise InputError(f"Need D [d, K] and Z [B, d]; got D {tuple(D.shape)} and Z {tuple(Z.shape)}.")
-    if not torch.isfinite(Z).all():
+    if not cfg.sync_free and not torch.isfinite(Z).all():  # (the check is a host sync on a GPU)
         raise InputError("Z holds NaN or infinite values.")
     if init is not None and init.shape != (Z.shape[0], D.shape[1]):
         raise InputError(f"init has shape {tuple(init.shape)}; expected {(Z.shape[0], D.shape[1])}.")
@@ -242,7 +260,10 @@ def sparse_code(
     out = []
     for s in range(0, Z.shape[0], chunk):
         c0 = None if init is None else init[s: s + chunk].to(D.dtype)
-        out.append(_solve_chunk(D, Dt, Z[s: s + chunk], cfg, c0))
+        if cfg.sync_free:
+            out.append(_solve_fixed(D, Dt, Z[s: s + chunk], cfg, c0))
+        else:
+            out.append(_solve_chunk(D, Dt, Z[s: s + chunk], cfg, c0))
     return torch.cat(out) if out else Z.new_zeros(0, D.shape[1])
 
 
@@ -301,4 +322,92 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
     if worst > gate:
         warnings.warn(f"sparse_code: stopped after max_outer={cfg.max_outer} rounds with an optimality violation "
                       f"of {worst:.2e} (target {gate:.2e}); raise max_outer or loosen tol.", stacklevel=3)
+    return C
+
+
+def kkt_violation(D: torch.Tensor, Z: torch.Tensor, C: torch.Tensor, cfg: ElasticNet = ElasticNet()) -> torch.Tensor:
+    """Each row's largest optimality violation relative to ``alpha * tau`` (0 at the optimum; the
+    adaptive path stops below ``tol``)."""
+    R = Z.to(D.dtype) - C.to(D.dtype) @ D.T
+    return _violation(R @ D, C.to(D.dtype), cfg).amax(-1) / cfg.l1
+
+
+def _fista_fixed(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: ElasticNet, steps: int) -> torch.Tensor:
+    """``steps`` FISTA steps on every row of a batch of small problems, with no data-dependent control
+    flow (the adaptive :func:`_fista` drops finished rows, which needs the host to look)."""
+    lip = _largest_eigenvalue(G) + cfg.l2
+    step = (1.0 / lip)[:, None]
+    thresh = cfg.l1 * step
+    y = c.clone()
+    t = torch.ones(c.shape[0], 1, dtype=c.dtype, device=c.device)
+    for _ in range(steps):
+        grad = torch.bmm(G, y[..., None])[..., 0] - b + cfg.l2 * y
+        c_new = _soft(y - step * grad, thresh)
+        delta = c_new - c
+        t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        restart = ((y - c_new) * delta).sum(-1, keepdim=True) > 0
+        t_new = torch.where(restart, torch.ones_like(t_new), t_new)
+        y = c_new + torch.where(restart, torch.zeros_like(delta), ((t - 1) / t_new) * delta)
+        c, t = c_new, t_new
+    return c
+
+
+def _small_objective(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: ElasticNet) -> torch.Tensor:
+    """0.5 c'Gc - b'c + l1|c|_1 + 0.5 l2|c|^2 per row (the working-set objective up to a constant)."""
+    Gc = torch.bmm(G, c[..., None])[..., 0]
+    return (0.5 * Gc * c - b * c + cfg.l1 * c.abs() + 0.5 * cfg.l2 * c * c).sum(-1)
+
+
+def _newton_fixed(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: ElasticNet) -> torch.Tensor:
+    """``fixed_newton`` primal-dual active-set steps (see :func:`_active_set`) on full ``[m, m]``
+    systems: rows and columns off the guessed support are replaced by the identity (their
+    coefficient solves to 0), so every step has the same shape. A row keeps the step's answer only
+    where it lowers the working-set objective, so a cycling row never ends worse than FISTA left it."""
+    n, m = b.shape
+    G64, b64, c64 = G.double(), b.double(), c.double()
+    eye = torch.eye(m, dtype=torch.float64, device=G.device)
+    Q = G64 + cfg.l2 * eye
+    best, best_obj = c64, _small_objective(G64, b64, c64, cfg)
+    for _ in range(cfg.fixed_newton):
+        u = c64 + b64 - torch.bmm(Q, c64[..., None])[..., 0]
+        s = torch.sign(u) * (u.abs() > cfg.l1)
+        act = s != 0
+        both = act[:, :, None] & act[:, None, :]
+        M = torch.where(both, Q, eye)
+        rhs = torch.where(act, b64 - cfg.l1 * s, 0.0)
+        sol = torch.linalg.solve_ex(M, rhs)[0]
+        c64 = torch.where(torch.isfinite(sol), sol, 0.0)
+        obj = _small_objective(G64, b64, c64, cfg)
+        better = obj < best_obj
+        best = torch.where(better[:, None], c64, best)
+        best_obj = torch.where(better, obj, best_obj)
+    return best.to(c.dtype)
+
+
+def _solve_fixed(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: ElasticNet,
+                 C0: torch.Tensor | None) -> torch.Tensor:
+    """The sync-free path (module docstring): the same working-set method on fixed shapes."""
+    n, K = Z.shape[0], D.shape[1]
+    m = min(K, cfg.fixed_set)
+    corr = Z @ D
+    score = corr.abs() if C0 is None else torch.where(C0 != 0, torch.full_like(corr, float("inf")), corr.abs())
+    idx = score.topk(m, dim=-1).indices
+    c_ws = Z.new_zeros(n, m) if C0 is None else C0.gather(1, idx)
+    rows = torch.arange(n, device=Z.device)[:, None]
+    C = Z.new_zeros(n, K)
+    for r in range(cfg.fixed_rounds):
+        A = Dt[idx]  # [n, m, d]
+        G = torch.bmm(A, A.transpose(1, 2))
+        b = corr.gather(1, idx)
+        c_ws = _fista_fixed(G, b, c_ws, cfg, cfg.fista_steps)
+        c_ws = _newton_fixed(G, b, c_ws, cfg)
+        C = Z.new_zeros(n, K)
+        C[rows, idx] = c_ws
+        if r == cfg.fixed_rounds - 1:
+            break
+        # Swap in the worst violators outside the support (the support stays: its score is inf).
+        R = Z - torch.bmm(c_ws[:, None, :], A)[:, 0]
+        viol = _violation(R @ D, C, cfg)
+        idx = torch.where(C != 0, torch.full_like(viol, float("inf")), viol).topk(m, dim=-1).indices
+        c_ws = C.gather(1, idx)
     return C
