@@ -117,6 +117,19 @@ def test_parity_with_steerlab_engine(llm, smol, factory, name, prompt):
     assert got == want, (smol.tokenizer.decode(got), smol.tokenizer.decode(want))
 
 
+def test_compiled_engine_steers_as_steerlab_does(vectors_dir):
+    """vLLM with its compilation on (no ``enforce_eager``): on CPU it traces the model once with Dynamo
+    and compiles it with inductor, hooks included; every spec must still give steerlab's tokens."""
+    env = dict(os.environ)
+    env.pop("VLLM_CPU_CI_ENV", None)  # that variable swaps inductor for Dynamo + eager
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "vllm_compiled_check.py"),
+                          str(vectors_dir)], capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "inductor" and result["mode"] != 0, result  # really compiled
+    assert result["jobs"] == 2 * len(SPECS) and result["mismatches"] == [], result
+
+
 def test_steering_changes_output_and_zero_strength_is_unsteered(llm, smol):
     plain, zero, steered = (list(o.outputs[0].token_ids) for o in run(llm, smol, [
         (SHORT, None), (SHORT, {"vectors": [{"name": "sentiment", "multiplier": 0}]}),
