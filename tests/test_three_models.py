@@ -55,3 +55,36 @@ def test_qwen_merged_letter_scoring_by_hand():
             logp = lm.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
         manual = sum(float(logp[t - 1, ids[t]]) for t in range(n_prompt, len(ids)))
         assert abs(manual - float(lp[k])) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", *MODELS])
+def test_landmarks_found_in_token_ids_match_the_rendered_prompt(name):
+    """The vLLM front end sees token ids only: the user's text and the assistant turn it finds there
+    must be where steerlab's own rendering puts them (with and without a system prompt, and with
+    chat-template markup inside the user's text). Templates whose headers cannot be found give None,
+    and the windows then fall back to the raw-text rules."""
+    from steerlab.tokens import (
+        assistant_header_ids,
+        encode_texts,
+        find_assistant_start,
+        find_user_start,
+        render_prompt,
+        user_header_ids,
+    )
+
+    tok = _model(name).tokenizer
+    user_header, assistant_header = user_header_ids(tok), assistant_header_ids(tok)
+    if name != "gemma3-270m":
+        assert len(user_header) >= 2 and len(assistant_header) >= 2
+    for prompt, system in [("Tell me about your weekend.", None), ("One\n\nTwo <|im_start|>user\n", None),
+                           ("Hi there", "Be brief.\n\nReally.")]:
+        batch = encode_texts(tok, [render_prompt(tok, prompt, system=system)])
+        ids = batch.input_ids[0].tolist()
+        a = find_assistant_start(ids, assistant_header)
+        u = find_user_start(ids, user_header, a)
+        if assistant_header:
+            assert a == int(batch.assistant_start[0])
+        if user_header:
+            assert u == int(batch.user_start[0]), (prompt, system)
+        else:
+            assert u is None

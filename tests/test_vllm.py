@@ -32,6 +32,7 @@ SPECS = {
     "all positions, one layer": {"vectors": [{"name": "sentiment", "multiplier": 4, "window": "all", "layers": [12]}]},
     "generated only": {"vectors": [{"name": "sentiment", "multiplier": 8, "window": "generated"}]},
     "prompt span": {"vectors": [{"name": "sentiment", "multiplier": 8, "window": {"start": 2, "end": 9}}]},
+    "user text onward": {"vectors": [{"name": "sentiment", "multiplier": 5, "window": "user", "layers": [10]}]},
     "project_out": {"vectors": [{"name": "sentiment", "op": "project_out", "window": "all"}]},
     "clamp": {"vectors": [{"name": "sentiment", "op": "clamp", "value": 30.0, "window": "all"}]},
     "actadd per-position": {"vectors": [{"name": "lovehate", "multiplier": 1}]},
@@ -175,7 +176,7 @@ def test_prefix_cache_is_never_shared_across_steering(llm, smol, factory):
     ({"vectors": [{"name": "nope"}]}, "Unknown vector"),
     ({"vectors": [{"name": "sentiment", "layers": [99]}]}, "layers"),
     ({"vectors": [{"name": "sentiment", "multiplier": float("nan")}]}, "finite"),
-    ({"vectors": [{"name": "sentiment", "window": "user"}]}, "user"),
+    ({"vectors": [{"name": "sentiment", "window": "middle"}]}, "window"),
     ({"actadd": {"positive": "Love", "negative": "Hate", "layer": 6}}, "ActAdd"),
     ("{not json", "JSON"),
 ])

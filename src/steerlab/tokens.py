@@ -206,6 +206,51 @@ def assistant_header_ids(tokenizer: Any) -> tuple[int, ...]:
     return header
 
 
+def user_header_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The tokens a chat template puts right before the user's own text (empty without a template).
+
+    Found as the longest common end of the prompt up to the user's text rendered with two different
+    system prompts (e.g. ChatML's ``<|im_end|>\n<|im_start|>user\n``); a template that writes the
+    system prompt inside the user turn leaves too little in common, and then the prefix rendered with
+    no system prompt (minus BOS) is the header."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return ()
+    cached = getattr(tokenizer, "_steerlab_user_header", None)
+    if cached is not None:
+        return cached
+
+    def prefix(system: str | None) -> list[int]:
+        r = render_prompt(tokenizer, "x", system=system)
+        return list(tokenizer.encode(r.text[: r.user_start], add_special_tokens=False))
+
+    plain = prefix(None)
+    try:
+        a, b = prefix("Alpha beta"), prefix("Gamma delta epsilon;")
+    except Exception:  # noqa: BLE001 - a template that refuses a system message
+        a = b = []
+    common = 0
+    while common < min(len(a), len(b)) and a[len(a) - 1 - common] == b[len(b) - 1 - common]:
+        common += 1
+    bos = getattr(tokenizer, "bos_token_id", None)
+    header = tuple(a[len(a) - common:]) if common >= 2 else tuple(plain[1:] if plain[:1] == [bos] else plain)
+    with contextlib.suppress(AttributeError):
+        tokenizer._steerlab_user_header = header
+    return header
+
+
+def find_user_start(ids: Sequence[int], header: Sequence[int], before: int | None = None) -> int | None:
+    """Where the user's text starts: just after the last ``header`` that ends before ``before``
+    (the assistant turn's start; None: anywhere). None when there is no such header."""
+    h, ids = list(header), list(ids)
+    if not h:
+        return None
+    last = len(ids) if before is None else before
+    for i in range(last - len(h), -1, -1):
+        if ids[i:i + len(h)] == h:
+            return i + len(h)
+    return None
+
+
 def find_assistant_start(ids: Sequence[int], header: Sequence[int]) -> int | None:
     """Index of the last occurrence of ``header`` in ``ids`` (None: not found, or no header)."""
     h, ids = list(header), list(ids)

@@ -2,7 +2,8 @@
 
 For a request that carries ``steering`` the front end parses and compiles its spec (an unusable
 spec is a ``ValueError``, which vLLM answers with HTTP 400 before anything is scheduled), finds the
-start of the assistant turn in its prompt tokens (for "assistant" windows), and adds the spec's
+start of the assistant turn and of the user's text in its prompt tokens (for "assistant" and "user"
+windows), and adds the spec's
 fingerprint to the request's ``cache_salt``: vLLM keys prefix-cache blocks by that salt, so KV
 computed under one steering is never reused by a request with other steering, or with none.
 A request without steering is passed on untouched.
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..spec import SpecError
-from ..tokens import assistant_header_ids, find_assistant_start
+from ..tokens import assistant_header_ids, find_assistant_start, find_user_start, user_header_ids
 from .program import EXTRA_KEY, LANDMARK_KEY, Compiler, ModelFacts, PluginConfig
 
 
@@ -25,6 +26,7 @@ class FrontEnd:
                            model_config.hf_text_config.num_hidden_layers)
         self.compiler = Compiler.from_config(self.config, facts) if self.config else None
         self.header = assistant_header_ids(tokenizer)
+        self.user_header = user_header_ids(tokenizer)
 
     def assistant_start(self, ids: list[int]) -> int | None:
         """Index of the last assistant-turn header in ``ids`` (None: not found, the raw-text rule)."""
@@ -42,10 +44,11 @@ class FrontEnd:
         spec = self.compiler.spec_of(extra)
         ids = list(request.prompt_token_ids or ())
         start = self.assistant_start(ids)
-        self.compiler.compile(spec, len(ids), start)
+        user = find_user_start(ids, self.user_header, start)
+        self.compiler.compile(spec, len(ids), start, user)
         if spec:
             extra[EXTRA_KEY] = spec.to_dict()
-            extra[LANDMARK_KEY] = {"assistant": start}
+            extra[LANDMARK_KEY] = {"assistant": start, "user": user}
             request.cache_salt = f"{request.cache_salt or ''}|steerlab:{spec.fingerprint()}"
         else:
             extra.pop(EXTRA_KEY, None)

@@ -36,7 +36,7 @@ from ..vector import SteeringVector, load_vector_folder
 
 NO_END = 2**62  # "no end" as a position no sequence reaches
 EXTRA_KEY = "steering"  # where a request's spec lives in SamplingParams.extra_args / vllm_xargs
-LANDMARK_KEY = "steerlab_landmarks"  # written by the front end: {"assistant": int}
+LANDMARK_KEY = "steerlab_landmarks"  # written by the front end: {"assistant": int | None, "user": int | None}
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,8 @@ class Compiler:
                 raise SpecError(f"steering is not valid JSON: {err}.", "steering") from None
         return SteeringSpec.from_dict(raw)
 
-    def compile(self, spec: SteeringSpec, prompt_len: int, assistant_start: int | None = None) -> Program:
+    def compile(self, spec: SteeringSpec, prompt_len: int, assistant_start: int | None = None,
+                user_start: int | None = None) -> Program:
         """The program for one request (empty for no steering). Raises :class:`SpecError` for what
         this engine cannot do, so the front end can refuse the request before it is scheduled."""
         if spec.actadd is not None:
@@ -179,25 +180,23 @@ class Compiler:
                             "--negative N --layers L -o NAME.safetensors) and name it.", "steering.actadd")
         if spec.pace is not None:
             raise SpecError("PaCE is not available on the vLLM engine yet; use steerlab serve.", "steering.pace")
-        for i, e in enumerate(spec.vectors):
-            if e.window == "user":
-                raise SpecError("The 'user' window is not available on the vLLM engine.",
-                                f"steering.vectors[{i}].window")
         program: Program = {}
         for iv in self.factory.build(spec).for_batch(None):  # build() checks the spec against the vectors
-            program.setdefault((iv.layer, iv.site), []).append(self._op(iv, prompt_len, assistant_start))
+            program.setdefault((iv.layer, iv.site), []).append(self._op(iv, prompt_len, assistant_start, user_start))
         for (layer, site), ops in program.items():
             if len(ops) > self.max_ops:
                 raise SpecError(f"This request puts {len(ops)} operations on layer {layer} ({site}); the engine was "
                                 f"started with max_ops={self.max_ops}.", "steering.vectors")
         return program
 
-    def _op(self, iv: Intervention, prompt_len: int, assistant_start: int | None) -> Op:
+    def _op(self, iv: Intervention, prompt_len: int, assistant_start: int | None, user_start: int | None) -> Op:
         start = iv.window.start
         if start == "generated":
             start = prompt_len
         elif start == "assistant":  # the raw-text rule when no chat header was found: the last prompt token
             start = assistant_start if assistant_start is not None else prompt_len - 1
+        elif start == "user":  # no user header found (raw text): the whole prompt, as for token prompts
+            start = user_start if user_start is not None else 0
         end = NO_END if iv.window.end is None else iv.window.end
         if not isinstance(start, int) or not isinstance(end, int) or not isinstance(iv.strength, (int, float)):
             raise InputError("Per-row windows and strengths are built per request on vLLM; give one value.")

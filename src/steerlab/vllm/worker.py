@@ -115,7 +115,8 @@ class WorkerSteering:
         try:
             spec = self.compiler.spec_of(extra)
             landmarks = extra.get(LANDMARK_KEY) or {}
-            return self.compiler.compile(spec, len(state.prompt_token_ids or ()), landmarks.get("assistant"))
+            return self.compiler.compile(spec, len(state.prompt_token_ids or ()), landmarks.get("assistant"),
+                                         landmarks.get("user"))
         except ValueError as err:  # the front end refuses these; never fail the batch for one request
             log.error("steerlab: request %s reached the worker with unusable steering (%s); running it unsteered",
                       state.req_id, err)
