@@ -116,7 +116,8 @@ class PaCE(_Removal):
 
     @property
     def stats(self) -> dict[str, float]:
-        """Tokens edited, non-zero coefficients and the summed ``||removed|| / ||z||`` so far."""
+        """Tokens decomposed, their non-zero coefficients and the summed ``||removed|| / ||z||`` so far
+        (with a sync-free solver every position counts, the window being applied afterwards)."""
         tokens, nonzeros, removed = (0.0, 0.0, 0.0) if self._totals is None else self._totals.tolist()
         return {"tokens": int(tokens), "nonzeros": int(nonzeros), "removed_norm": removed}
 
