@@ -360,8 +360,8 @@ def _small_objective(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: Ela
 
 def _newton_fixed(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: ElasticNet) -> torch.Tensor:
     """``fixed_newton`` primal-dual active-set steps (see :func:`_active_set`) on full ``[m, m]``
-    systems: rows and columns off the guessed support are replaced by the identity (their
-    coefficient solves to 0), so every step has the same shape. A row keeps the step's answer only
+    systems, solved by Cholesky: rows and columns off the guessed support are replaced by the
+    identity (their coefficient solves to 0), so every step has the same shape. A row keeps the step's answer only
     where it lowers the working-set objective, so a cycling row never ends worse than FISTA left it."""
     n, m = b.shape
     G64, b64, c64 = G.double(), b.double(), c.double()
@@ -375,8 +375,12 @@ def _newton_fixed(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: Elasti
         both = act[:, :, None] & act[:, None, :]
         M = torch.where(both, Q, eye)
         rhs = torch.where(act, b64 - cfg.l1 * s, 0.0)
-        sol = torch.linalg.solve_ex(M, rhs)[0]
-        c64 = torch.where(torch.isfinite(sol), sol, 0.0)
+        # M is symmetric positive definite (Q_AA = G_AA + l2 I, the identity elsewhere): Cholesky, which
+        # needs no pivots (batched LU's pivoting failed inside MKL on one 256-row batch of 10k-atom sets).
+        L, info = torch.linalg.cholesky_ex(M)
+        sol = torch.cholesky_solve(rhs[..., None], L)[..., 0]
+        usable = (info == 0)[:, None] & torch.isfinite(sol).all(-1, keepdim=True)
+        c64 = torch.where(usable, sol, best)
         obj = _small_objective(G64, b64, c64, cfg)
         better = obj < best_obj
         best = torch.where(better[:, None], c64, best)
