@@ -94,10 +94,10 @@ def main() -> None:
     seq = Z_seq[:64]
     single: dict[str, float] = {}
     labels = ("product only", "cold", "warm", "cold sync-free")
+    solved: list[torch.Tensor] = []  # each token's support, cold
     for label in labels:
         t0 = clock()
         prev = None
-        solved = []
         conf = SYNC_FREE if label == "cold sync-free" else cfg
         for i in range(seq.shape[0]):
             if label == "product only":

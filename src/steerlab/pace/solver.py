@@ -29,8 +29,9 @@ speed has not been measured yet), with the same steps on fixed shapes: a working
 ``fixed_set`` atoms, a fixed number of FISTA and masked active-set steps (an ``[m, m]`` system whose
 rows off the support are the identity), and ``fixed_rounds`` rounds that swap the worst violators
 in; nothing reads a value back until the coefficients are returned. It is exact when the support
-fits in the working set and the rounds suffice (the tests check it against scikit-learn);
-:func:`kkt_violation` measures it afterwards.
+fits in the working set and the rounds suffice (on real activations against a 400-concept dictionary
+it matches scikit-learn); on the 10k SmolLM2 dictionary it stops ~8e-4 above the optimum
+(benchmarks/pace_speed.py). :func:`kkt_violation` measures it afterwards.
 """
 
 from __future__ import annotations
