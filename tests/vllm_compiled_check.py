@@ -16,12 +16,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def main(folder: str) -> None:
-    from test_vllm import LONG, NEW, SHORT, SPECS
+    from test_vllm import LONG, NEW, SHORT, SPECS, reference
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     import steerlab
-    from steerlab.generation import generate_ids
     from steerlab.model import builtin_model_dir
     from steerlab.spec import SteeringFactory
     from steerlab.vector import load_vector_folder
@@ -38,14 +37,8 @@ def main(folder: str) -> None:
                         [SamplingParams(max_tokens=NEW, temperature=0,
                                         extra_args=None if SPECS[n] is None else {"steering": SPECS[n]})
                          for _, n in jobs], use_tqdm=False)
-    eos = smol.tokenizer.eos_token_id
-    mismatches = []
-    for (prompt, name), out in zip(jobs, outs, strict=True):
-        batch = smol.prepare([prompt])
-        want = generate_ids(smol, batch, factory.build(SPECS[name]).for_batch(batch), max_new_tokens=NEW)[0].tolist()
-        want = want[: want.index(eos) + 1] if eos in want else want
-        if list(out.outputs[0].token_ids) != want:
-            mismatches.append([name, prompt[:20]])
+    mismatches = [[name, prompt[:20]] for (prompt, name), out in zip(jobs, outs, strict=True)
+                  if list(out.outputs[0].token_ids) != reference(smol, factory, prompt, SPECS[name])]
     print(json.dumps({"mode": int(compilation.mode), "backend": compilation.backend, "jobs": len(jobs),
                       "mismatches": mismatches}))
 

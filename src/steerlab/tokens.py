@@ -241,22 +241,21 @@ def user_header_ids(tokenizer: Any) -> tuple[int, ...]:
 def find_user_start(ids: Sequence[int], header: Sequence[int], before: int | None = None) -> int | None:
     """Where the user's text starts: just after the last ``header`` that ends before ``before``
     (the assistant turn's start; None: anywhere). None when there is no such header."""
-    h, ids = list(header), list(ids)
-    if not h:
-        return None
-    last = len(ids) if before is None else before
-    for i in range(last - len(h), -1, -1):
-        if ids[i:i + len(h)] == h:
-            return i + len(h)
-    return None
+    at = _last_occurrence(ids, header, before)
+    return None if at is None else at + len(header)
 
 
 def find_assistant_start(ids: Sequence[int], header: Sequence[int]) -> int | None:
     """Index of the last occurrence of ``header`` in ``ids`` (None: not found, or no header)."""
+    return _last_occurrence(ids, header)
+
+
+def _last_occurrence(ids: Sequence[int], header: Sequence[int], end: int | None = None) -> int | None:
+    """Start of the last ``header`` in ``ids`` that ends by ``end`` (None: not found, or no header)."""
     h, ids = list(header), list(ids)
     if not h:
         return None
-    for i in range(len(ids) - len(h), -1, -1):
+    for i in range((len(ids) if end is None else end) - len(h), -1, -1):
         if ids[i:i + len(h)] == h:
             return i
     return None

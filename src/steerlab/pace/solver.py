@@ -110,6 +110,21 @@ def _largest_eigenvalue(G: torch.Tensor, steps: int = 30) -> torch.Tensor:
     return (v * torch.bmm(G, v)).sum((1, 2)).clamp(min=1e-12) * 1.05
 
 
+def _fista_step(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+                step: torch.Tensor, thresh: torch.Tensor, cfg: ElasticNet
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One FISTA step for every row: the new point, extrapolated point and momentum ``(c, y, t)``."""
+    grad = torch.bmm(G, y[..., None])[..., 0] - b + cfg.l2 * y
+    c_new = _soft(y - step * grad, thresh)
+    delta = c_new - c
+    t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+    # Restart momentum on rows where it points uphill (keeps FISTA monotone in practice).
+    restart = ((y - c_new) * delta).sum(-1, keepdim=True) > 0
+    t_new = torch.where(restart, torch.ones_like(t_new), t_new)
+    y = c_new + torch.where(restart, torch.zeros_like(delta), ((t - 1) / t_new) * delta)
+    return c_new, y, t_new
+
+
 def _fista(G: torch.Tensor, b: torch.Tensor, c0: torch.Tensor, cfg: ElasticNet, tol: float,
            steps: int | None = None) -> torch.Tensor:
     """min 0.5 c'Gc - b'c + l1|c|_1 + 0.5 l2|c|^2 for a batch of small problems (G [B,m,m]).
@@ -126,16 +141,9 @@ def _fista(G: torch.Tensor, b: torch.Tensor, c0: torch.Tensor, cfg: ElasticNet, 
     moving = torch.zeros(c.shape[0], dtype=torch.bool, device=c.device)
     steps = cfg.max_inner if steps is None else steps
     for it in range(1, steps + 1):
-        grad = torch.bmm(G, y[..., None])[..., 0] - b + cfg.l2 * y
-        c_new = _soft(y - step * grad, thresh)
-        delta = c_new - c
-        moving |= delta.abs().amax(-1) > tol
-        t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        # Restart momentum on rows where it points uphill (keeps FISTA monotone in practice).
-        restart = ((y - c_new) * delta).sum(-1, keepdim=True) > 0
-        t_new = torch.where(restart, torch.ones_like(t_new), t_new)
-        y = c_new + torch.where(restart, torch.zeros_like(delta), ((t - 1) / t_new) * delta)
-        c, t = c_new, t_new
+        c_prev = c
+        c, y, t = _fista_step(G, b, c, y, t, step, thresh, cfg)
+        moving |= (c - c_prev).abs().amax(-1) > tol
         if it % 8 == 0 or it == steps:
             done = ~moving
             if done.any():
@@ -342,14 +350,7 @@ def _fista_fixed(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: Elastic
     y = c.clone()
     t = torch.ones(c.shape[0], 1, dtype=c.dtype, device=c.device)
     for _ in range(steps):
-        grad = torch.bmm(G, y[..., None])[..., 0] - b + cfg.l2 * y
-        c_new = _soft(y - step * grad, thresh)
-        delta = c_new - c
-        t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        restart = ((y - c_new) * delta).sum(-1, keepdim=True) > 0
-        t_new = torch.where(restart, torch.ones_like(t_new), t_new)
-        y = c_new + torch.where(restart, torch.zeros_like(delta), ((t - 1) / t_new) * delta)
-        c, t = c_new, t_new
+        c, y, t = _fista_step(G, b, c, y, t, step, thresh, cfg)
     return c
 
 
@@ -399,7 +400,6 @@ def _solve_fixed(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
     idx = score.topk(m, dim=-1).indices
     c_ws = Z.new_zeros(n, m) if C0 is None else C0.gather(1, idx)
     rows = torch.arange(n, device=Z.device)[:, None]
-    C = Z.new_zeros(n, K)
     for r in range(cfg.fixed_rounds):
         A = Dt[idx]  # [n, m, d]
         G = torch.bmm(A, A.transpose(1, 2))
