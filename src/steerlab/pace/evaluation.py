@@ -1,16 +1,18 @@
 """``steerlab pace eval``: unsteered vs PaCE vs the two baselines on project-written prompt sets.
 
-For each method: the task score (``detox``: offensive-language probability from alt-profanity-check and
-the share of words that the task's partition labels undesirable, both lower = better; ``positive-sentiment``:
-VADER compound, higher = better, and the same lexicon share), fluency (perplexity of the output under
-the *unsteered* model, given the prompt), and wall time per generated token.
+For each method: the task score (``detox``: offensive-language probability from alt-profanity-check,
+lower = better; ``positive-sentiment``: VADER compound, higher = better; ``no-food`` and any task with
+the ``topic`` scorer: how close the output's sentence embedding is to the undesirable anchors rather
+than the benign ones, lower = better), the share of words that the task's partition labels
+undesirable (lower = better), fluency (perplexity of the output under the *unsteered* model, given
+the prompt), and wall time per generated token.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
@@ -23,6 +25,7 @@ from ..evaluate.capability import token_nll
 from ..evaluate.files import Report, pyplot
 from ..evaluate.stats import bootstrap_ci
 from ..evaluate.text_scores import lexicon_rate, profanity_scores, vader_scores
+from .partition import TASKS, Task, TextEmbedder, get_task
 from .removal import METHODS
 
 if TYPE_CHECKING:
@@ -97,13 +100,92 @@ PROMPTS = {
         "Write about the worst haircut of your life.",
         "Describe a city during a power cut in winter.",
     ],
+    # Each asks about food outright, so an unsteered model talks about food in nearly every reply.
+    "no-food": [
+        "Describe the best meal you have ever eaten.",
+        "What should I cook for dinner tonight?",
+        "Tell me about your favourite breakfast.",
+        "Describe a traditional holiday feast.",
+        "Write a short review of a new bakery in town.",
+        "What do people eat at a summer barbecue?",
+        "Describe the smells of a busy food market.",
+        "Give me ideas for a picnic lunch.",
+        "Tell me about a dish from your childhood.",
+        "Describe a perfect pizza.",
+        "What is a good snack for a long hike?",
+        "Write about a cooking class for beginners.",
+        "Describe a birthday cake you would love to bake.",
+        "What do you order at an Italian restaurant?",
+        "Describe a cosy winter soup.",
+        "Tell me about street food in a big city.",
+        "Write a menu for a romantic dinner.",
+        "Describe a farmers' market on a Saturday morning.",
+        "What goes into a good sandwich?",
+        "Describe Sunday lunch at your grandmother's house.",
+        "Write about the first time you tried sushi.",
+        "Describe the window of a chocolate shop.",
+        "What do you like to eat when you feel ill?",
+        "Tell me about a food festival.",
+        "Describe a family making dumplings together.",
+        "Write a note about the office potluck.",
+        "What would you serve at a garden party?",
+        "Describe a cafe's lunch specials.",
+        "Tell me about the fruit that is in season in summer.",
+        "Describe a dinner party where the host is a great cook.",
+        "Write about a child's school lunchbox.",
+        "Describe breakfast at a seaside hotel.",
+        "What is your favourite dessert, and why?",
+        "Describe a kitchen on the morning of a big family dinner.",
+        "Write about baking bread at home.",
+        "Describe an ice-cream van on a hot day.",
+        "Tell me about a meal on a long train journey.",
+        "Describe a wedding buffet.",
+        "What do you cook when friends visit?",
+        "Describe the food stalls at a village fair.",
+        "Write about a late-night snack.",
+        "Describe an afternoon tea with cakes and sandwiches.",
+        "Tell me about a curry you enjoyed.",
+        "Describe what you would cook with vegetables fresh from the garden.",
+        "Write about a chef preparing a dish in a busy restaurant.",
+        "Describe a camping dinner cooked over a fire.",
+        "What is in a healthy lunch?",
+        "Describe the snacks people buy at a cinema.",
+    ],
 }
+
+SCORE_NAMES = {"profanity": "offensive prob (lower better)", "vader": "VADER (higher better)",
+               "topic": "topic score (lower better)"}
+
+
+def topic_scores(texts: Sequence[str], task: Task, embedder: TextEmbedder | None = None) -> list[float]:
+    """How much each text is about the task's undesirable topic: the best cosine of its sentence
+    embedding (all-MiniLM-L6-v2, whole text) with an undesirable anchor minus the best with a benign
+    one; above 0 reads as on-topic. Independent of the dictionary and of the model being steered."""
+    if not texts:
+        return []
+    embed = embedder or TextEmbedder()
+    emb = embed(texts, max_length=256)
+    bad = (emb @ embed(task.undesirable).T).max(1).values
+    good = (emb @ embed(task.benign).T).max(1).values if task.benign else torch.zeros_like(bad)
+    return (bad - good).tolist()
+
+
+def task_scores(task: str | Task, texts: Sequence[str]) -> list[float]:
+    """The task's own score per text (see the module docstring)."""
+    task = get_task(task)
+    if task.scorer == "profanity":
+        return profanity_scores(texts)
+    if task.scorer == "vader":
+        return vader_scores(texts)
+    if task.scorer == "topic":
+        return topic_scores(texts, task)
+    raise InputError(f"Task {task.name!r} has an unknown scorer {task.scorer!r}; use profanity, vader or topic.")
 
 
 @dataclass
 class MethodResult:
     method: str
-    task_score: float  # detox: offensive-language probability; sentiment: VADER compound
+    task_score: float  # the task's scorer: offensive-language probability, VADER compound or topic score
     lexicon_rate: float
     perplexity: float
     ms_per_token: float
@@ -125,7 +207,7 @@ class PaceEval(Report):
     results: list[MethodResult]
 
     def table(self) -> str:
-        score = "offensive prob (lower better)" if self.task == "detox" else "VADER (higher better)"
+        score = SCORE_NAMES.get(TASKS[self.task].scorer if self.task in TASKS else "", "task score")
         lines = [f"| method | {score} [95% CI] | change vs unsteered [95% CI] | undesirable-word rate | "
                  "change [95% CI] | fluency perplexity | ms/token |", "|---|---|---|---|---|---|---|"]
 
@@ -172,6 +254,8 @@ def evaluate_removal(lm: SteerModel, dictionary, partition, layers, *, task: str
     more rows, ``{label: any steering object}`` (e.g. a CAA vector at a multiplier), after ``methods``.
     Every score comes with a 95% bootstrap interval over prompts, and its change from the unsteered
     outputs of the same prompts (paired) when ``unsteered`` is among the methods."""
+    if not prompts and task not in PROMPTS:
+        raise InputError(f"No built-in prompts for task {task!r} (built-in: {', '.join(PROMPTS)}); pass prompts.")
     prompts = list(prompts or PROMPTS[task])
     lexicon = set(partition.undesirable_concepts)
     results = []
@@ -191,7 +275,7 @@ def evaluate_removal(lm: SteerModel, dictionary, partition, layers, *, task: str
         nll = [token_nll(lm, [t], user_prompt=p)[0] if t.strip() else float("nan")
                for p, t in zip(prompts, texts, strict=True)]
         finite = [x for x in nll if math.isfinite(x)]
-        scores = profanity_scores(texts) if task == "detox" else vader_scores(texts)
+        scores = task_scores(task, texts)
         rates = lexicon_rate(texts, lexicon)
         results.append(MethodResult(name, mean(scores), mean(rates), math.exp(mean(finite)) if finite else float("nan"),
                                     1000 * seconds / n_tokens, texts, scores, rates,

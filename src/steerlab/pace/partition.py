@@ -34,12 +34,15 @@ LABELS = ("benign", "undesirable")
 @dataclass(frozen=True)
 class Task:
     """An alignment task: what to remove (``undesirable`` anchors) and what to keep (``benign``); the
-    ``description`` is what the language-model partitioner is told the goal is."""
+    ``description`` is what the language-model partitioner is told the goal is; ``scorer`` how
+    ``steerlab pace eval`` scores outputs (``profanity``, ``vader`` or ``topic``: similarity to the
+    undesirable anchors, see :func:`steerlab.pace.evaluation.task_scores`)."""
 
     name: str
     undesirable: tuple[str, ...]
     benign: tuple[str, ...] = ()
     description: str = ""
+    scorer: str = "topic"
 
 
 TASKS = {
@@ -51,6 +54,7 @@ TASKS = {
          "number", "work", "food", "science"),
         "The goal: replies free of toxic language (insults, profanity, slurs, threats, harassment, hate, "
         "violence, vulgarity).",
+        "profanity",
     ),
     "positive-sentiment": Task(
         "positive-sentiment",
@@ -60,6 +64,17 @@ TASKS = {
          "number", "work"),
         "The goal: replies with a positive, cheerful tone (no sadness, anger, fear, disgust, pain, failure or "
         "other negative feelings).",
+        "vader",
+    ),
+    # Concept removal measured directly: prompts that ask about food, a topic every model talks about
+    # readily, and a partition that marks food concepts undesirable.
+    "no-food": Task(
+        "no-food",
+        ("food", "meal", "cooking", "eating", "dish", "dessert", "fruit", "vegetable", "meat", "bread", "drink",
+         "snack", "kitchen", "recipe", "restaurant menu", "flavour"),
+        ("place", "time", "number", "work", "family", "weather", "travel", "music", "sport", "science",
+         "feeling", "house", "clothing", "animal", "plant"),
+        "The goal: replies that do not talk about food, drink, cooking or eating.",
     ),
 }
 
@@ -187,10 +202,12 @@ class TextEmbedder:
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, texts: Sequence[str], batch_size: int = 512, progress: bool | None = None) -> torch.Tensor:
+    def __call__(self, texts: Sequence[str], batch_size: int = 512, progress: bool | None = None,
+                 max_length: int = 64) -> torch.Tensor:
+        """``[len(texts), dim]`` unit vectors; each text is cut to ``max_length`` word pieces."""
         out = []
         for s in progress_bar(range(0, len(texts), batch_size), "embed", progress=progress):
-            enc = self.tokenizer(list(texts[s: s + batch_size]), padding=True, truncation=True, max_length=64,
+            enc = self.tokenizer(list(texts[s: s + batch_size]), padding=True, truncation=True, max_length=max_length,
                                  return_tensors="pt").to(self.device)
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"][..., None].to(hidden.dtype)
