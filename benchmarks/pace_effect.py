@@ -30,6 +30,7 @@ from steerlab import Scaled, datasets
 from steerlab.methods import caa
 from steerlab.pace import ConceptDictionary, EmbeddingPartitioner, build_dictionary, concept_words
 from steerlab.pace.evaluation import PROMPTS, evaluate_removal
+from steerlab.pace.removal import VectorSubtraction
 
 
 def main() -> None:
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--caa", default="2,4,8", help="CAA multipliers ('' for none)")
+    parser.add_argument("--subtraction-scales", default="",
+                        help="more subtraction rows at these scales of the norm (e.g. 0.05,0.03, to match fluency)")
     parser.add_argument("--methods", nargs="+", default=["unsteered", "pace", "pace-positive", "orthogonal",
                                                           "subtraction"])
     args = parser.parse_args()
@@ -56,11 +59,13 @@ def main() -> None:
         dictionary.save(path)
     build_s = time.perf_counter() - t0
     partition = EmbeddingPartitioner().partition(dictionary, args.task)
-    steerings = {}
+    steerings: dict[str, object] = {}
     if args.task == "positive-sentiment" and args.caa:
         train, _ = datasets.split(datasets.to_open_answers(datasets.builtin("sentiment")))
         vector = caa.extract(lm, train, layer)
         steerings = {f"CAA sentiment x{m:g}": Scaled(vector, m) for m in (float(x) for x in args.caa.split(","))}
+    for scale in (float(x) for x in args.subtraction_scales.split(",") if x):
+        steerings[f"subtraction {scale:g} x norm"] = VectorSubtraction(dictionary, partition, [layer], scale=scale)
     result = evaluate_removal(lm, dictionary, partition, [layer], task=args.task,
                               prompts=PROMPTS[args.task][: args.prompts],
                               methods=args.methods,

@@ -131,6 +131,32 @@ def test_compiled_engine_steers_as_steerlab_does(vectors_dir):
     assert result["jobs"] == 2 * len(SPECS) and result["mismatches"] == [], result
 
 
+@pytest.mark.parametrize("name", ["none", "all positions, one layer", "prompt span", "actadd per-position"])
+def test_prompt_logprobs_equal_steerlab_engine(llm, smol, factory, name):
+    """What lm-eval's log-likelihood tasks read through an OpenAI server (`echo` with `logprobs`):
+    vLLM's prompt log-probabilities under per-request steering equal steerlab's own forward pass with
+    the same steering (float32 both; the bound is kernel rounding, far below the steering's effect)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from steerlab.logprobs import prompt_logprobs
+
+    spec = SPECS[name]
+    ids = prompt_ids(smol, LONG)
+    sp = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0,
+                        extra_args=None if spec is None else {"steering": spec})
+    out = llm.generate([TokensPrompt(prompt_token_ids=ids)], [sp], use_tqdm=False)[0]
+    ours = [lp[tok].logprob for lp, tok in zip(out.prompt_logprobs[1:], ids[1:], strict=True)]
+    batch = smol.prepare([LONG])
+    interventions = factory.build(spec).for_batch(batch) if spec is not None else []
+    ref = [e.logprob for e in prompt_logprobs(smol, batch, interventions)[0][1:]]
+    plain = [e.logprob for e in prompt_logprobs(smol, batch)[0][1:]]
+    gap = max(abs(a - b) for a, b in zip(ours, ref, strict=True))
+    assert gap < 2e-3, gap
+    if spec is not None:  # the steering moves these log-probabilities far more than the bound
+        assert max(abs(a - b) for a, b in zip(ref, plain, strict=True)) > 0.1
+
+
 def test_steering_changes_output_and_zero_strength_is_unsteered(llm, smol):
     plain, zero, steered = (list(o.outputs[0].token_ids) for o in run(llm, smol, [
         (SHORT, None), (SHORT, {"vectors": [{"name": "sentiment", "multiplier": 0}]}),
