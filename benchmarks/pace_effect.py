@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
     parser.add_argument("--task", default="positive-sentiment", choices=["positive-sentiment", "no-food", "detox"])
     parser.add_argument("--layer", type=int, default=None, help="default: the middle block")
+    parser.add_argument("--layers", default="", help="several blocks, e.g. 10,15,20 (PaCE and the baselines at each; "
+                                                     "CAA stays at the first)")
     parser.add_argument("--concepts", type=int, default=3000)
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--max-new-tokens", type=int, default=40)
@@ -49,13 +51,16 @@ def main() -> None:
     args = parser.parse_args()
 
     lm = steerlab.load_model(args.model)
-    layer = lm.num_layers // 2 if args.layer is None else args.layer
-    path = ROOT / "steerlab-out" / "bench" / f"{args.model}-{args.concepts}-L{layer}.safetensors"
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else [
+        lm.num_layers // 2 if args.layer is None else args.layer]
+    layer = layers[0]
+    tag = "-".join(str(x) for x in layers)
+    path = ROOT / "steerlab-out" / "bench" / f"{args.model}-{args.concepts}-L{tag}.safetensors"
     t0 = time.perf_counter()
     if path.exists():
         dictionary = ConceptDictionary.load(path, lm)
     else:
-        dictionary = build_dictionary(lm, concept_words(args.concepts), [layer], batch_size=64, progress=True)
+        dictionary = build_dictionary(lm, concept_words(args.concepts), layers, batch_size=64, progress=True)
         dictionary.save(path)
     build_s = time.perf_counter() - t0
     partition = EmbeddingPartitioner().partition(dictionary, args.task)
@@ -65,21 +70,22 @@ def main() -> None:
         vector = caa.extract(lm, train, layer)
         steerings = {f"CAA sentiment x{m:g}": Scaled(vector, m) for m in (float(x) for x in args.caa.split(","))}
     for scale in (float(x) for x in args.subtraction_scales.split(",") if x):
-        steerings[f"subtraction {scale:g} x norm"] = VectorSubtraction(dictionary, partition, [layer], scale=scale)
-    result = evaluate_removal(lm, dictionary, partition, [layer], task=args.task,
+        steerings[f"subtraction {scale:g} x norm"] = VectorSubtraction(dictionary, partition, layers, scale=scale)
+    result = evaluate_removal(lm, dictionary, partition, layers, task=args.task,
                               prompts=PROMPTS[args.task][: args.prompts],
                               methods=args.methods,
                               max_new_tokens=args.max_new_tokens, steerings=steerings)
-    stem = f"pace-effect-{args.model}" + ("" if args.task == "positive-sentiment" else f"-{args.task}")
+    stem = (f"pace-effect-{args.model}" + ("" if args.task == "positive-sentiment" else f"-{args.task}")
+            + (f"-L{tag}" if len(layers) > 1 else ""))
     result.plot(RESULTS / f"{stem}.png")
     source = f"read from {path.name}" if build_s < 5 else f"built in {build_s:.0f} s"
     lines = [f"# {result.title()}", "",
              f"{args.prompts} prompts, greedy, {args.max_new_tokens} new tokens; dictionary: {len(dictionary)} "
-             f"wordfreq concepts, template stimuli, block {layer} ({source}); embedding partitioner: "
+             f"wordfreq concepts, template stimuli, block(s) {tag} ({source}); embedding partitioner: "
              f"{int(partition.undesirable.sum())} undesirable.", "", result.table(), "",
              "Example outputs (first prompt):", ""]
     lines += [f"- **{r.method}**: {r.texts[0][:300]!r}" for r in result.results]
-    save_report(stem, lines, {"model": lm.name, "task": args.task, "layer": layer, "concepts": len(dictionary),
+    save_report(stem, lines, {"model": lm.name, "task": args.task, "layers": layers, "concepts": len(dictionary),
                               "undesirable": int(partition.undesirable.sum()),
                               "undesirable_concepts": partition.undesirable_concepts, "dictionary_seconds": build_s,
                               "results": [{k: v for k, v in vars(r).items() if k != "texts"} | {"texts": r.texts[:8]}

@@ -523,6 +523,12 @@ def test_pace_cli_on_the_embedded_model(tmp_path):
                            steerings={"random x4": Scaled(vec, 4.0)})
     assert [r.method for r in res.results] == ["unsteered", "random x4"] and "random x4" in res.table()
     assert (out / "pace-positive-sentiment.png").stat().st_size > 10_000
+    # The topic task scores with sentence embeddings and says so in its table.
+    assert main(["pace", "eval", "--dictionary", str(dic), "--labels", str(labels), "--task", "no-food",
+                 "--limit", "2", "--max-new-tokens", "6", "--methods", "unsteered", "--out", str(out)]) == 0
+    food = json.loads((out / "pace-no-food.json").read_text())
+    assert all(-1 <= x <= 1 for x in food["results"][0]["task_scores"])
+    assert "topic score" in (out / "pace-no-food.md").read_text()
     assert main(["pace", "eval", "--dictionary", str(tmp_path / "missing.safetensors")]) == 2
 
 
