@@ -25,7 +25,7 @@ from ..evaluate.capability import token_nll
 from ..evaluate.files import Report, pyplot
 from ..evaluate.stats import bootstrap_ci
 from ..evaluate.text_scores import lexicon_rate, profanity_scores, vader_scores
-from .partition import TASKS, Task, TextEmbedder, get_task
+from .partition import TASKS, Task, TextEmbedder, anchor_similarities, default_embedder, get_task
 from .removal import METHODS
 
 if TYPE_CHECKING:
@@ -163,11 +163,9 @@ def topic_scores(texts: Sequence[str], task: Task, embedder: TextEmbedder | None
     one; above 0 reads as on-topic. Independent of the dictionary and of the model being steered."""
     if not texts:
         return []
-    embed = embedder or TextEmbedder()
-    emb = embed(texts, max_length=256)
-    bad = (emb @ embed(task.undesirable).T).max(1).values
-    good = (emb @ embed(task.benign).T).max(1).values if task.benign else torch.zeros_like(bad)
-    return (bad - good).tolist()
+    embed = embedder or default_embedder()
+    bad, good = anchor_similarities(embed, embed(texts, max_length=256), task)
+    return (bad if good is None else bad - good).tolist()
 
 
 def task_scores(task: str | Task, texts: Sequence[str]) -> list[float]:

@@ -13,6 +13,7 @@ undesirable for a task, cheaply enough for tens of thousands of concepts, cached
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -216,6 +217,21 @@ class TextEmbedder:
         return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+@functools.cache
+def default_embedder() -> TextEmbedder:
+    """The shipped all-MiniLM-L6-v2 embedder, loaded once per process."""
+    return TextEmbedder()
+
+
+def anchor_similarities(embedder: TextEmbedder, emb: torch.Tensor, task: Task
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Best cosine of each embedding row with the task's undesirable anchors, and with its benign
+    anchors (None when the task has none)."""
+    bad = (emb @ embedder(task.undesirable).T).max(1).values
+    good = (emb @ embedder(task.benign).T).max(1).values if task.benign else None
+    return bad, good
+
+
 def _cache_path(dictionary: ConceptDictionary, key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "pace-partitions" / f"{dictionary.fingerprint}-{digest}.tsv"
@@ -239,10 +255,8 @@ class EmbeddingPartitioner:
     def scores(self, concepts: Sequence[str], task: Task, progress: bool | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Best cosine of each concept with the undesirable anchors and with the benign anchors."""
-        emb = self.embedder(concepts, progress=progress)
-        bad = (emb @ self.embedder(task.undesirable).T).max(1).values
-        good = (emb @ self.embedder(task.benign).T).max(1).values if task.benign else torch.full_like(bad, -1.0)
-        return bad, good
+        bad, good = anchor_similarities(self.embedder, self.embedder(concepts, progress=progress), task)
+        return bad, good if good is not None else torch.full_like(bad, -1.0)
 
     def decide(self, bad: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
         """The labels from :meth:`scores`: undesirable when the best undesirable match clears
