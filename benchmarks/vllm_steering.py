@@ -7,6 +7,9 @@ Runs in the vLLM environment (``make setup-vllm``)::
     .venv-vllm/bin/python benchmarks/vllm_steering.py [--rounds 3] [--tokens 32] [--dtype bfloat16]
 
 Offline ``LLM.generate`` (the engine alone, no HTTP); every request generates exactly ``--tokens``.
+The plugin's own time is profiled in the same runs: the host side (``WorkerSteering.prepare``, once per
+forward pass) and the hooks (``WorkerSteering._steer``, once per steered site per pass), so the gap
+between steered and unsteered time per pass can be set against what the plugin itself spends.
 """
 
 from __future__ import annotations
@@ -54,6 +57,36 @@ def spec(names: list[str], i: int) -> dict:
     return {"vectors": [entry]}
 
 
+class Profile:
+    """Wall time spent in the plugin's host side and hooks (the engine core runs in this process)."""
+
+    def __init__(self) -> None:
+        from steerlab.vllm.worker import WorkerSteering
+
+        self.seconds = {"prepare": 0.0, "hooks": 0.0}
+        self.passes = 0
+        for name, key in (("prepare", "prepare"), ("_steer", "hooks")):
+            original = getattr(WorkerSteering, name)
+            setattr(WorkerSteering, name, self._timed(original, key))
+
+    def _timed(self, fn, key: str):
+        def wrapped(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[key] += time.perf_counter() - t
+                self.passes += key == "prepare"
+
+        return wrapped
+
+    def take(self) -> dict:
+        out = {"passes": self.passes, **self.seconds}
+        self.seconds = {"prepare": 0.0, "hooks": 0.0}
+        self.passes = 0
+        return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -66,6 +99,7 @@ def main() -> int:
     from steerlab.model import builtin_model_dir
     from steerlab.vllm import engine_config
 
+    profile = Profile()
     folder = Path(tempfile.mkdtemp(prefix="steerlab-vllm-bench-"))
     names = make_vectors(folder)
     started = time.perf_counter()
@@ -84,20 +118,32 @@ def main() -> int:
         "half steered": lambda i: spec(names, i) if i % 2 else None,
     }
     llm.generate(PROMPTS, params(None), use_tqdm=False)  # warm-up
-    rows, data = [], {"start_s": start_s, "results": {}}
+    profile.take()
+    rows, data, prof_rows = [], {"start_s": start_s, "results": {}}, []
     for c in [int(x) for x in args.concurrency.split(",")]:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(c)]
         times: dict[str, list[float]] = {k: [] for k in conditions}
+        spent: dict[str, list[dict]] = {k: [] for k in conditions}
         for _ in range(args.rounds):
             for name, make in conditions.items():
                 t = time.perf_counter()
                 outs = llm.generate(prompts, [params(make(i)) for i in range(c)], use_tqdm=False)
                 times[name].append(time.perf_counter() - t)
+                spent[name].append(profile.take())
                 assert all(len(o.outputs[0].token_ids) == args.tokens for o in outs)
+
+        def per_pass(name: str, key: str, spent=spent) -> float:  # ms per forward pass, median over rounds
+            return 1e3 * statistics.median(x[key] / max(1, x["passes"]) for x in spent[name])
+
+        wall = {k: 1e3 * statistics.median(t / max(1, x["passes"]) for t, x in zip(times[k], spent[k], strict=True))
+                for k in conditions}
+        prof_rows.append(f"| {c} | {wall['unsteered']:.2f} | {wall['all steered']:.2f} | "
+                         f"{wall['all steered'] - wall['unsteered']:+.2f} | {per_pass('all steered', 'hooks'):.2f} | "
+                         f"{per_pass('all steered', 'prepare'):.3f} | {per_pass('unsteered', 'prepare'):.3f} |")
         tps = {k: c * args.tokens / statistics.median(v) for k, v in times.items()}
         # Throughput ratio = inverse time ratio, paired within each round.
         ratio = {k: paired_change(times["unsteered"], times[k]) for k in ("all steered", "half steered")}
-        data["results"][c] = {"tok_s": tps, "times_s": times,
+        data["results"][c] = {"tok_s": tps, "times_s": times, "plugin_s": spent, "ms_per_pass": wall,
                               "ratio_vs_unsteered": {k: 1 + v[0] for k, v in ratio.items()}}
         rows.append(f"| {c} | {tps['unsteered']:.1f} | {tps['all steered']:.1f} | {tps['half steered']:.1f} | "
                     f"{1 + ratio['all steered'][0]:.3f} ({1 + ratio['all steered'][1]:.3f}-"
@@ -110,7 +156,12 @@ def main() -> int:
              "projecting a direction out; throughput ratio = unsteered time / steered time in the same round "
              "(median, range).", "",
              "| concurrent requests | unsteered tok/s | all steered tok/s | half steered tok/s | "
-             "all steered / unsteered | half / unsteered |", "|---:|---:|---:|---:|---:|---:|", *rows]
+             "all steered / unsteered | half / unsteered |", "|---:|---:|---:|---:|---:|---:|", *rows, "",
+             "Where the time goes, per forward pass (ms, median over rounds): the wall time of a pass with no "
+             "request steered and with all steered, their difference, and what the plugin itself spent in "
+             "that pass (hooks, host side; the host side also runs when nothing is steered).", "",
+             "| concurrent requests | unsteered | all steered | difference | hooks | host side | "
+             "host side, unsteered |", "|---:|---:|---:|---:|---:|---:|---:|", *prof_rows]
     save_report("vllm-steering", lines, data)
     return 0
 

@@ -56,7 +56,7 @@ def ray_local():
 
 
 @pytest.mark.slow
-def test_sweep_and_dictionary_build_on_ray_equal_in_process(smol, ray_local):
+def test_sweep_dictionary_and_stimuli_on_ray_equal_in_process(smol, ray_local, tmp_path):
     from steerlab.distributed import build_dictionary_tasks, layer_sweep_tasks
     from steerlab.evaluate.sweep import layer_sweep
     from steerlab.pace import build_dictionary, concept_words
@@ -78,3 +78,20 @@ def test_sweep_and_dictionary_build_on_ray_equal_in_process(smol, ray_local):
     d_ray = build_dictionary_tasks(smol, words, [10], shard=10, ray="local", workers=2, model_spec=spec)
     assert d_ray.concepts == d_local.concepts
     assert torch.allclose(d_ray.atoms[10], d_local.atoms[10], atol=1e-4)
+
+    # Model-written stimuli: shards written on the workers (seeded sampling) equal a local run, and each
+    # shard is on disk, so a later run (here: local, no Ray) reads them instead of writing again.
+    from steerlab.distributed import model_stimuli_tasks
+    from steerlab.pace import stimuli as stim
+
+    concepts = ["river", "bread", "music", "winter"]
+    options = dict(per_concept=2, max_new_tokens=16, shard=2)
+    s_local = stim.model_stimuli(smol, concepts, folder=tmp_path / "local", progress=False, **options)
+    s_ray = model_stimuli_tasks(smol, concepts, ray="local", workers=2, model_spec=spec, folder=tmp_path / "ray",
+                                **options)
+    assert s_ray == s_local and sum(map(len, s_ray.values())) >= 3  # (a short sentence may miss its word)
+    assert len(list((tmp_path / "ray").glob("shard-*.json"))) == 2
+    calls = []
+    again = stim.model_stimuli(smol, concepts, folder=tmp_path / "ray", run_shards=lambda *a: calls.append(a),
+                               **options)
+    assert again == s_ray and calls == []

@@ -37,7 +37,14 @@ SPECS = {
     "clamp": {"vectors": [{"name": "sentiment", "op": "clamp", "value": 30.0, "window": "all"}]},
     "actadd per-position": {"vectors": [{"name": "lovehate", "multiplier": 1}]},
     "two vectors": {"vectors": [{"name": "sentiment", "multiplier": -5}, {"name": "lovehate", "multiplier": 1}]},
+    # ActAdd pairs extracted per request (chat-rendered, as steerlab serve reads them); pad mode inserts spaces
+    "actadd pair (pad)": {"actadd": {"positive": "Love", "negative": "Hate", "layer": 6, "coeff": 5}},
+    "actadd pair (overlay)": {"actadd": {"positive": "Love", "negative": "Hate", "layer": 6, "coeff": 5,
+                                         "mode": "overlay"}},
+    "actadd pair + vector": {"vectors": [{"name": "sentiment", "multiplier": 4}],
+                             "actadd": {"positive": "Happy", "negative": "Sad", "layer": 6, "coeff": 8}},
 }
+PAIR_LAYERS = [6]
 SHORT = "Tell me about your weekend."
 LONG = ("Here is a long story about a village by the sea, where fishermen mend their nets each morning and the "
         "children run along the harbour wall until the bell of the old church calls them home for supper. "
@@ -77,7 +84,7 @@ def llm(smol, vectors_dir):
     # tokens are prefilled in chunks and share cached blocks.
     engine = LLM(model=model_dir(), dtype="float32", max_model_len=512, enforce_eager=True, seed=0,
                  enable_prefix_caching=True, block_size=32, max_num_batched_tokens=64, max_num_seqs=32,
-                 additional_config=engine_config(str(vectors_dir)))
+                 additional_config=engine_config(str(vectors_dir), actadd_layers=PAIR_LAYERS))
     yield engine
     del engine
 
@@ -88,8 +95,8 @@ def prompt_ids(smol, prompt: str) -> list[int]:
 
 def reference(smol, factory, prompt: str, spec) -> list[int]:
     """Greedy tokens from steerlab's own engine (Hugging Face generate with the same steering)."""
-    batch = smol.prepare([prompt])
     steering = factory.build(spec)
+    batch = steering.transform_batch(smol, smol.prepare([prompt]))  # ActAdd pad mode inserts its spaces
     out = generate_ids(smol, batch, steering.for_batch(batch), max_new_tokens=NEW)[0].tolist()
     return out[: out.index(smol.tokenizer.eos_token_id) + 1] if smol.tokenizer.eos_token_id in out else out
 
@@ -131,7 +138,8 @@ def test_compiled_engine_steers_as_steerlab_does(vectors_dir):
     assert result["jobs"] == 2 * len(SPECS) and result["mismatches"] == [], result
 
 
-@pytest.mark.parametrize("name", ["none", "all positions, one layer", "prompt span", "actadd per-position"])
+@pytest.mark.parametrize("name", ["none", "all positions, one layer", "prompt span", "actadd per-position",
+                                  "actadd pair (overlay)"])
 def test_prompt_logprobs_equal_steerlab_engine(llm, smol, factory, name):
     """What lm-eval's log-likelihood tasks read through an OpenAI server (`echo` with `logprobs`):
     vLLM's prompt log-probabilities under per-request steering equal steerlab's own forward pass with
@@ -171,8 +179,8 @@ def test_concurrent_requests_each_get_their_own_steering(llm, smol):
     specs = list(SPECS.values())
     jobs = [(SHORT if i % 2 else LONG, specs[i % len(specs)]) for i in range(16)]
     # Distinct strengths too, so no two steered requests share a program.
-    jobs = [(p, s if s is None else {"vectors": [dict(e, multiplier=e.get("multiplier", 1) * (1 + i / 10))
-                                                 for e in s["vectors"]]}) for i, (p, s) in enumerate(jobs)]
+    jobs = [(p, s if s is None else dict(s, vectors=[dict(e, multiplier=e.get("multiplier", 1) * (1 + i / 10))
+                                                     for e in s.get("vectors", [])])) for i, (p, s) in enumerate(jobs)]
     worker.STATS.update(max_requests=0, max_distinct_steering=0)
     together = [list(o.outputs[0].token_ids) for o in run(llm, smol, jobs)]
     shared = dict(worker.STATS)
@@ -183,7 +191,8 @@ def test_concurrent_requests_each_get_their_own_steering(llm, smol):
 
 def test_prefix_cache_is_never_shared_across_steering(llm, smol, factory):
     prompt = LONG.replace("village", "town")  # a prompt no other test caches
-    variants = {"none": None, "a": SPECS["all positions, one layer"], "b": SPECS["project_out"]}
+    variants = {"none": None, "a": SPECS["all positions, one layer"], "b": SPECS["project_out"],
+                "pair": SPECS["actadd pair (overlay)"]}  # the same tokens as "none": only the salt tells them apart
     want = {k: reference(smol, factory, prompt, s) for k, s in variants.items()}
     seen = set()
     for order in itertools.permutations(variants):
@@ -203,7 +212,9 @@ def test_prefix_cache_is_never_shared_across_steering(llm, smol, factory):
     ({"vectors": [{"name": "sentiment", "layers": [99]}]}, "layers"),
     ({"vectors": [{"name": "sentiment", "multiplier": float("nan")}]}, "finite"),
     ({"vectors": [{"name": "sentiment", "window": "middle"}]}, "window"),
-    ({"actadd": {"positive": "Love", "negative": "Hate", "layer": 6}}, "ActAdd"),
+    ({"actadd": {"positive": "Love", "negative": "Hate", "layer": 3}}, "ActAdd pairs at blocks"),
+    ({"actadd": {"positive": "Love", "negative": "Hate", "layer": 6, "coeff": 80}}, "coeff"),
+    ({"actadd": {"positive": "Love " * 40, "negative": "Hate", "layer": 6}}, "actadd_max_tokens"),
     ("{not json", "JSON"),
 ])
 def test_bad_steering_is_refused_and_engine_keeps_serving(llm, smol, bad, fragment):
@@ -211,6 +222,25 @@ def test_bad_steering_is_refused_and_engine_keeps_serving(llm, smol, bad, fragme
 
     with pytest.raises(VLLMValidationError, match=fragment):
         run(llm, smol, [(SHORT, bad)])
+    assert len(run(llm, smol, [(SHORT, None)])[0].outputs[0].token_ids) > 0
+
+
+def test_actadd_pairs_are_refused_where_they_cannot_apply(llm, smol):
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+    from vllm.inputs import TokensPrompt
+
+    pair = {"positive": "Love", "negative": "Hate", "layer": 6, "coeff": 5}
+    raw = smol.tokenizer("Hello there, friend.")["input_ids"]  # no chat template: not the pair's shared prefix
+    cases = [
+        (raw, {"actadd": dict(pair, mode="overlay")}, {}, "at least"),  # shorter than the chat-rendered pair
+        (raw, {"actadd": pair}, {}, "shared prefix"),
+        (prompt_ids(smol, SHORT), {"actadd": pair}, {"prompt_logprobs": 0}, "inserted spaces"),
+    ]
+    for ids, spec, extra, fragment in cases:
+        with pytest.raises(VLLMValidationError, match=fragment):
+            llm.generate([TokensPrompt(prompt_token_ids=ids)],
+                         [SamplingParams(max_tokens=4, extra_args={"steering": spec}, **extra)], use_tqdm=False)
     assert len(run(llm, smol, [(SHORT, None)])[0].outputs[0].token_ids) > 0
 
 
@@ -241,7 +271,7 @@ def test_openai_server_steers_and_answers_bad_steering_with_400(vectors_dir, tmp
     server = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir(), "--port", str(port),
          "--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--served-model-name", "smol",
-         "--additional-config", json.dumps({"steerlab": {"vectors": str(vectors_dir)}})],
+         "--additional-config", json.dumps({"steerlab": {"vectors": str(vectors_dir), "actadd_layers": PAIR_LAYERS}})],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -257,17 +287,26 @@ def test_openai_server_steers_and_answers_bad_steering_with_400(vectors_dir, tmp
         else:
             pytest.fail("vLLM server did not start: " + (tmp_path / "server.log").read_text()[-3000:])
 
-        def chat(steering=None):
+        def chat(steering=None, body_field=None):
             body = {"model": "smol", "max_tokens": 16, "temperature": 0,
                     "messages": [{"role": "user", "content": SHORT}]}
             if steering is not None:
                 body["vllm_xargs"] = {"steering": json.dumps(steering)}
+            if body_field is not None:  # the body steerlab serve takes
+                body["steering"] = body_field
             return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
 
         plain = chat()
         steered = chat(SPECS["caa (own window: assistant onward)"])
         assert plain.status_code == steered.status_code == 200
         assert plain.json()["choices"][0]["message"]["content"] != steered.json()["choices"][0]["message"]["content"]
+        same = chat(body_field=SPECS["caa (own window: assistant onward)"])
+        assert same.json()["choices"][0]["message"]["content"] == steered.json()["choices"][0]["message"]["content"]
+        twice = chat(SPECS["caa (own window: assistant onward)"], body_field=SPECS["project_out"])
+        assert twice.status_code == 400 and "twice" in twice.json()["error"]["message"], twice.text
+        pair = chat(SPECS["actadd pair (pad)"])  # the pair's tensor crosses vLLM's process boundary
+        assert pair.status_code == 200, pair.text
+        assert pair.json()["choices"][0]["message"]["content"] != plain.json()["choices"][0]["message"]["content"]
         bad = chat({"vectors": [{"name": "nope"}]})
         assert bad.status_code == 400, bad.text
         assert "Unknown vector" in bad.json()["error"]["message"]

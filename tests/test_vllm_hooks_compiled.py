@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from steerlab.vector import SteeringVector
-from steerlab.vllm.program import PluginConfig
+from steerlab.vllm.program import PAIR_KEY, Pair, PluginConfig
 from steerlab.vllm.worker import WorkerSteering
 
 HIDDEN, LAYERS, SLOTS, TOKENS = 64, 4, 8, 24
@@ -63,7 +63,7 @@ def _runner(device: torch.device, folder, stack: Stack, eager: bool) -> SimpleNa
                              req_indices=SimpleNamespace(gpu=torch.zeros(TOKENS, dtype=torch.long, device=device)),
                              positions=torch.zeros(TOKENS, dtype=torch.long, device=device), requests={},
                              get_model=lambda: stack)
-    runner.steering = WorkerSteering(runner, PluginConfig(str(folder)))  # hooks the blocks
+    runner.steering = WorkerSteering(runner, PluginConfig(str(folder), actadd_layers=(2,)))  # hooks the blocks
     return runner
 
 
@@ -76,17 +76,23 @@ def _vectors(folder) -> None:
                    ).save(folder / "front.safetensors")
 
 
+# A request's own ActAdd pair (as the front end sends it): rows for positions 1..3 of block 2's input.
+PAIR_SPEC = {"actadd": {"positive": "x", "negative": "y", "layer": 2}}
+PAIR = Pair(1, torch.randn(3, HIDDEN, generator=torch.Generator().manual_seed(5)))
+
 # Three batches; each entry is (steering or None, prompt length, positions of its tokens this step).
 STEPS = [
     [({"vectors": [{"name": "a", "multiplier": 2.0, "window": "all"}]}, 10, range(0, 10)),
      (None, 6, range(0, 6)),
      ({"vectors": [{"name": "front", "multiplier": 1.0}]}, 8, range(0, 8))],
-    [({"vectors": [{"name": "b", "op": "project_out", "window": "all"},
+    [(PAIR_SPEC, 9, range(0, 9)),
+     ({"vectors": [{"name": "b", "op": "project_out", "window": "all"},
                    {"name": "a", "multiplier": -1.5, "window": {"start": 3, "end": 20}}]}, 12, range(4, 12)),
      ({"vectors": [{"name": "a", "op": "clamp", "value": 2.0, "window": "all"}]}, 5, range(0, 5)),
      ({"vectors": [{"name": "front", "multiplier": 2.0}]}, 7, range(0, 7)),
      (None, 4, range(0, 4))],
-    [({"vectors": [{"name": "a", "multiplier": 3.0, "window": "generated"}]}, 6, range(6, 30))],
+    [(PAIR_SPEC, 5, range(0, 5)),  # a new pair request in the same slot: its rows are rewritten
+     ({"vectors": [{"name": "a", "multiplier": 3.0, "window": "generated"}]}, 6, range(6, 30))],
 ]
 
 
@@ -100,7 +106,8 @@ def _schedule(runner: SimpleNamespace, step: int) -> None:
         rid = runner.input_batch.req_ids[i]
         runner.requests[rid] = SimpleNamespace(
             req_id=rid, prompt_token_ids=list(range(prompt_len)),
-            sampling_params=SimpleNamespace(extra_args=None if spec is None else {"steering": spec}))
+            sampling_params=SimpleNamespace(extra_args=None if spec is None else {"steering": spec} | (
+                {PAIR_KEY: PAIR.to_extra()} if "actadd" in spec else {})))
         slots += [i] * len(span)
         positions += list(span)
     slots, positions = slots[:TOKENS], positions[:TOKENS]

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def main(folder: str) -> None:
-    from test_vllm import LONG, NEW, SHORT, SPECS, reference
+    from test_vllm import LONG, NEW, PAIR_LAYERS, SHORT, SPECS, reference
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -30,7 +30,7 @@ def main(folder: str) -> None:
     factory = SteeringFactory(smol, load_vector_folder(folder, smol))
     llm = LLM(model=str(builtin_model_dir("smollm2-135m")), dtype="float32", max_model_len=512, enforce_eager=False,
               seed=0, enable_prefix_caching=True, block_size=32, max_num_batched_tokens=64, max_num_seqs=32,
-              additional_config=engine_config(folder))
+              additional_config=engine_config(folder, actadd_layers=PAIR_LAYERS))
     compilation = llm.llm_engine.vllm_config.compilation_config
     jobs = [(prompt, name) for name in SPECS for prompt in (SHORT, LONG)]
     outs = llm.generate([TokensPrompt(prompt_token_ids=smol.prepare([p]).input_ids[0].tolist()) for p, _ in jobs],

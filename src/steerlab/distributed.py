@@ -197,12 +197,13 @@ def layer_sweep_tasks(lm: SteerModel, train, test, layers, multipliers=(-1.0, 1.
 def model_stimuli_tasks(writer: SteerModel, concepts, *, ray: str | None = "local", workers: int = 2,
                         model_spec: ModelSpec | None = None, **options):
     """:func:`steerlab.pace.stimuli.model_stimuli` with its shards written on Ray workers (each loads
-    ``model_spec``, default ``writer``'s name and dtype); finished shards are kept as in a local run."""
+    ``model_spec``, default ``writer``'s name and dtype); each shard is kept as soon as it comes back,
+    as in a local run, so an interrupted run resumes."""
     from .pace.stimuli import model_stimuli, write_shard
 
-    def run_shards(shards):
-        return map_tasks(write_shard, shards, model=model_spec or writer, ray=ray, workers=workers,
-                         desc="stimuli shards")
+    def run_shards(shards, on_result):
+        map_tasks(write_shard, shards, model=model_spec or writer, ray=ray, workers=workers,
+                  desc="stimuli shards", on_result=on_result)
 
     return model_stimuli(writer, concepts, run_shards=run_shards, **options)
 

@@ -100,20 +100,22 @@ class ActAddSteering:
                     f"but prompt(s) {short} are shorter. Use a longer prompt or mode='pad'."
                 )
             return batch
-        shared = int(self.vector.meta["shared_prefix"])
-        prefix = self.vector.meta["positive_ids"][:shared]
         space = space_token_id(lm.tokenizer)
-        rows = []
-        for i in range(len(batch)):
-            ids = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
-            if ids[:shared] != prefix:
-                raise InputError("pad mode: the prompt does not start with the steering pair's shared prefix "
-                                 "(render both the same way: chat or raw).")
-            rows.append(ids[:shared] + [space] * (self.n - shared) + ids[shared:])
+        rows = [self.pad_prompt(batch.input_ids[i][batch.attention_mask[i].bool()].tolist(), space)
+                for i in range(len(batch))]
         padded, mask = pad_ids(rows, lm.tokenizer.pad_token_id, batch.padding_side, batch.input_ids.device)
-        extra = self.n - shared
+        extra = self.n - int(self.vector.meta["shared_prefix"])
         return PromptBatch(padded, mask, batch.lengths + extra, batch.user_start + extra, batch.user_end + extra,
                            batch.assistant_start + extra, batch.padding_side, batch.rendered)
+
+    def pad_prompt(self, ids: list[int], space: int) -> list[int]:
+        """One prompt's token ids in pad mode: ``n - shared`` space tokens inserted after the shared prefix
+        (BOS / chat header), so ``S`` lands on them and the user's text follows."""
+        shared = int(self.vector.meta["shared_prefix"])
+        if ids[:shared] != self.vector.meta["positive_ids"][:shared]:
+            raise InputError("pad mode: the prompt does not start with the steering pair's shared prefix "
+                             "(render both the same way: chat or raw).")
+        return ids[:shared] + [space] * (self.n - shared) + ids[shared:]
 
     def for_batch(self, batch: PromptBatch | None) -> list[Intervention]:
         return self.vector.interventions(self.multiplier)  # S over positions 0..n-1, prompt pass only

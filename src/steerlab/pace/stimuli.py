@@ -96,13 +96,15 @@ def _shard_file(folder: Path, index: int, shard: StimuliShard) -> Path:
 def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: int = 10,
                   max_new_tokens: int | None = None, batch_size: int = 16, shard: int = 64,
                   prompt: str = PROMPT, seed: int = 0, folder: str | Path | None = None,
-                  run_shards: Callable[[list[StimuliShard]], list[dict[str, list[str]]]] | None = None,
+                  run_shards: Callable[[list[StimuliShard], Callable[[int, dict[str, list[str]]], None]], object]
+                  | None = None,
                   progress: bool | None = None) -> dict[str, list[str]]:
     """``{concept: sentences}`` written by ``writer`` (a loaded instruct model). Each shard is kept
     in ``folder`` (default: a folder in the user cache named for all the inputs) as soon as it is
-    written, and a later call skips the shards found there. ``run_shards`` (default: one after
-    another, here) writes a list of shards elsewhere, e.g. on Ray workers
-    (:func:`steerlab.distributed.model_stimuli_tasks`)."""
+    written, and a later call skips the shards found there. ``run_shards(shards, on_result)``
+    (default: one after another, here) writes a list of shards elsewhere, e.g. on Ray workers
+    (:func:`steerlab.distributed.model_stimuli_tasks`), calling ``on_result(i, sentences)`` as shard
+    ``i`` finishes so it is kept at once."""
     concepts = list(dict.fromkeys(c.strip() for c in concepts if c.strip()))
     if not concepts:
         raise InputError("No concepts to write stimuli for.")
@@ -134,6 +136,5 @@ def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: i
         for sh, path in progress_bar(todo, "stimuli", progress=progress, unit="shard"):
             keep(path, write_shard(writer, sh))
     elif todo:
-        for (_, path), written in zip(todo, run_shards([sh for sh, _ in todo]), strict=True):
-            keep(path, written)
+        run_shards([sh for sh, _ in todo], lambda i, written: keep(todo[i][1], written))
     return {c: out.get(c, []) for c in concepts}

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..spec import SpecError
 from ..tokens import assistant_header_ids, find_assistant_start, find_user_start, user_header_ids
-from .program import EXTRA_KEY, LANDMARK_KEY, Compiler, ModelFacts, PluginConfig
+from .program import EXTRA_KEY, LANDMARK_KEY, PAIR_KEY, Compiler, ModelFacts, PluginConfig
 
 
 class FrontEnd:
@@ -25,6 +25,12 @@ class FrontEnd:
         facts = ModelFacts(str(model_config.model), model_config.get_hidden_size(),
                            model_config.hf_text_config.num_hidden_layers)
         self.compiler = Compiler.from_config(self.config, facts) if self.config else None
+        self.max_model_len = model_config.max_model_len
+        self.pairs = None
+        if self.config is not None and self.config.actadd_layers:
+            from .pairs import PairExtractor
+
+            self.pairs = PairExtractor(str(model_config.model))
         self.header = assistant_header_ids(tokenizer)
         self.user_header = user_header_ids(tokenizer)
 
@@ -37,18 +43,33 @@ class FrontEnd:
         extra = getattr(params, "extra_args", None)
         if not extra or (EXTRA_KEY not in extra and LANDMARK_KEY not in extra):
             return request
-        extra = {k: v for k, v in extra.items() if k != LANDMARK_KEY}  # only the front end writes landmarks
+        # only the front end writes landmarks and pair tensors
+        extra = {k: v for k, v in extra.items() if k not in (LANDMARK_KEY, PAIR_KEY)}
         if self.compiler is None:
             raise SpecError('This vLLM engine was started without steerlab vectors (additional_config='
                             '{"steerlab": {"vectors": FOLDER}}), so it cannot steer.', "steering")
         spec = self.compiler.spec_of(extra)
         ids = list(request.prompt_token_ids or ())
+        pair = None
+        if spec.actadd is not None:
+            self.compiler.check(spec)
+            if request.prompt_token_ids is None:
+                raise SpecError("ActAdd pairs need a prompt of token ids, not embeddings.", "steering.actadd")
+            assert self.pairs is not None  # the layer check passes only on an engine with actadd_layers
+            padded, pair = self.pairs.apply(spec.actadd, ids)
+            if padded != ids:
+                from .pairs import lengthen
+
+                lengthen(request, padded, self.max_model_len)
+                ids = padded
         start = self.assistant_start(ids)
         user = find_user_start(ids, self.user_header, start)
-        self.compiler.compile(spec, len(ids), start, user)
+        self.compiler.compile(spec, len(ids), start, user, pair)
         if spec:
             extra[EXTRA_KEY] = spec.to_dict()
             extra[LANDMARK_KEY] = {"assistant": start, "user": user}
+            if pair is not None:
+                extra[PAIR_KEY] = pair.to_extra()
             request.cache_salt = f"{request.cache_salt or ''}|steerlab:{spec.fingerprint()}"
         else:
             extra.pop(EXTRA_KEY, None)

@@ -13,7 +13,9 @@ vector ``u``::
 
 ``add`` is ``a=1, b=0`` (``u`` the vector as saved); ``project_out`` is ``a=0, b=-1`` and ``clamp``
 is ``a=value, b=-1`` (``u`` the unit direction). A per-position vector (ActAdd) occupies
-consecutive table rows and reads row ``table_row + pos - start``. The programs come from the
+consecutive table rows and reads row ``table_row + pos - start``; an ActAdd pair extracted for one
+request has ``table_row = PAIR_ROW``, which the worker maps to the rows it keeps for that request's
+slot. The programs come from the
 same :class:`~steerlab.spec.SteeringFactory` that builds steering for Hugging Face models, so a
 spec means one thing on both engines. Nothing here imports vLLM.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +39,8 @@ from ..vector import SteeringVector, load_vector_folder
 NO_END = 2**62  # "no end" as a position no sequence reaches
 EXTRA_KEY = "steering"  # where a request's spec lives in SamplingParams.extra_args / vllm_xargs
 LANDMARK_KEY = "steerlab_landmarks"  # written by the front end: {"assistant": int | None, "user": int | None}
+PAIR_KEY = "steerlab_actadd"  # written by the front end: the request's Pair as {"start": int, "rows": lists}
+PAIR_ROW = -1  # Op.row of a request's own ActAdd rows (the worker maps it to its slot's block of table rows)
 
 
 @dataclass(frozen=True)
@@ -57,21 +61,29 @@ class PluginConfig:
     right hidden size). ``max_ops``: operations one request may put on one site (table width).
     ``max_multiplier``: each vector's combined |multiplier| in one request (as ``steerlab serve``'s
     ``--max-multiplier``; clamp values within the factory's ``max_clamp``).
+    ``actadd_layers``: blocks at whose input requests may put ActAdd pairs (``"actadd"`` in the spec),
+    extracted per request by a reference copy of the model in the front-end process; empty: pairs are
+    refused. ``actadd_max_tokens``: the longest pair, in tokens (table rows kept per request slot).
     """
 
-    vectors: str
+    vectors: str | None
     model_name: str | None = None
     max_ops: int = 4
     max_multiplier: float = DEFAULT_MAX_MULTIPLIER
+    actadd_layers: tuple[int, ...] = ()
+    actadd_max_tokens: int = 16
 
     @classmethod
     def from_additional(cls, additional: Any) -> PluginConfig | None:
         raw = additional.get("steerlab") if isinstance(additional, Mapping) else None
         if raw is None:
             return None
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("vectors"), str):
-            raise InputError('additional_config["steerlab"] must be {"vectors": FOLDER, ...}.')
-        unknown = set(raw) - {"vectors", "model_name", "max_ops", "max_multiplier"}
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("vectors", ""), str) \
+                or ("vectors" not in raw and "actadd_layers" not in raw):
+            raise InputError('additional_config["steerlab"] must be {"vectors": FOLDER, ...} and/or '
+                             '{"actadd_layers": [LAYER, ...], ...}.')
+        unknown = set(raw) - {"vectors", "model_name", "max_ops", "max_multiplier", "actadd_layers",
+                              "actadd_max_tokens"}
         if unknown:
             raise InputError(f'additional_config["steerlab"] has unknown keys {sorted(unknown)}.')
         max_ops = raw.get("max_ops", 4)
@@ -81,7 +93,35 @@ class PluginConfig:
         if isinstance(max_multiplier, bool) or not isinstance(max_multiplier, (int, float)) \
                 or not 0 < max_multiplier < float("inf"):
             raise InputError('additional_config["steerlab"]["max_multiplier"] must be a positive number.')
-        return cls(raw["vectors"], raw.get("model_name"), max_ops, float(max_multiplier))
+        layers = raw.get("actadd_layers", [])
+        if not isinstance(layers, list) or not all(type(k) is int and k >= 0 for k in layers):
+            raise InputError('additional_config["steerlab"]["actadd_layers"] must be a list of block indices.')
+        max_tokens = raw.get("actadd_max_tokens", 16)
+        if type(max_tokens) is not int or not 1 <= max_tokens <= 256:
+            raise InputError('additional_config["steerlab"]["actadd_max_tokens"] must be an integer in 1..256.')
+        return cls(raw.get("vectors"), raw.get("model_name"), max_ops, float(max_multiplier),
+                   tuple(sorted(set(layers))), max_tokens)
+
+
+class Pair(NamedTuple):
+    """One request's ActAdd tensor: ``rows`` ``[m, hidden]`` added at positions ``start..start+m-1``
+    (the pair's leading rows that are exactly zero, its shared chat prefix, are left out)."""
+
+    start: int
+    rows: torch.Tensor
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> Pair:
+        nonzero = tensor.ne(0).any(dim=1).nonzero()
+        start = int(nonzero[0]) if len(nonzero) else tensor.shape[0] - 1
+        return cls(start, tensor[start:])
+
+    def to_extra(self) -> dict:
+        return {"start": self.start, "rows": self.rows.tolist()}
+
+    @classmethod
+    def from_extra(cls, raw: Mapping) -> Pair:
+        return cls(int(raw["start"]), torch.tensor(raw["rows"], dtype=torch.float32))
 
 
 class Op(NamedTuple):
@@ -144,20 +184,29 @@ class Compiler:
     vectors: dict[str, SteeringVector]
     max_ops: int = 4
     max_multiplier: float | None = DEFAULT_MAX_MULTIPLIER
+    actadd_layers: tuple[int, ...] = ()
+    actadd_max_tokens: int = 16
 
     def __post_init__(self) -> None:
+        bad = [k for k in self.actadd_layers if k >= self.facts.num_layers]
+        if bad:
+            raise InputError(f"steerlab vLLM plugin: actadd_layers {bad} do not exist "
+                             f"({self.facts.num_layers} blocks).")
         self.table = VectorTable(self.vectors, self.facts.hidden_size)
         self.factory = SteeringFactory(self.facts, self.vectors, max_multiplier=self.max_multiplier)
 
     @classmethod
     def from_config(cls, config: PluginConfig, facts: ModelFacts) -> Compiler:
-        folder = Path(config.vectors)
-        if not folder.is_dir():
-            raise InputError(f"steerlab vLLM plugin: the vectors folder {folder} does not exist.")
-        check = facts if config.model_name is None else ModelFacts(config.model_name, facts.hidden_size,
-                                                                     facts.num_layers)
-        vectors = load_vector_folder(folder, check, allow_other_model=config.model_name is None)
-        return cls(facts, vectors, config.max_ops, config.max_multiplier)
+        vectors: dict[str, SteeringVector] = {}
+        if config.vectors is not None:
+            folder = Path(config.vectors)
+            if not folder.is_dir():
+                raise InputError(f"steerlab vLLM plugin: the vectors folder {folder} does not exist.")
+            check = facts if config.model_name is None else ModelFacts(config.model_name, facts.hidden_size,
+                                                                         facts.num_layers)
+            vectors = load_vector_folder(folder, check, allow_other_model=config.model_name is None)
+        return cls(facts, vectors, config.max_ops, config.max_multiplier, config.actadd_layers,
+                   config.actadd_max_tokens)
 
     def spec_of(self, extra_args: Mapping[str, Any] | None) -> SteeringSpec:
         """The request's spec: a JSON object in ``extra_args["steering"]``, or that object as a JSON
@@ -170,19 +219,37 @@ class Compiler:
                 raise SpecError(f"steering is not valid JSON: {err}.", "steering") from None
         return SteeringSpec.from_dict(raw)
 
-    def compile(self, spec: SteeringSpec, prompt_len: int, assistant_start: int | None = None,
-                user_start: int | None = None) -> Program:
-        """The program for one request (empty for no steering). Raises :class:`SpecError` for what
-        this engine cannot do, so the front end can refuse the request before it is scheduled."""
-        if spec.actadd is not None:
-            raise SpecError("ActAdd pairs are extracted on the fly only by steerlab's own engine; on vLLM, save the "
-                            "pair as a vector into the vectors folder (steerlab extract --method actadd --positive P "
-                            "--negative N --layers L -o NAME.safetensors) and name it.", "steering.actadd")
+    def check(self, spec: SteeringSpec) -> None:
+        """Raise a :class:`SpecError` if this engine cannot run ``spec`` (before anything is extracted)."""
         if spec.pace is not None:
             raise SpecError("PaCE is not available on the vLLM engine yet; use steerlab serve.", "steering.pace")
+        self.factory.check(spec)  # vectors, layers, strength limits (the ActAdd coefficient's too)
+        if spec.actadd is not None and spec.actadd.layer not in self.actadd_layers:
+            where = (f"at blocks {list(self.actadd_layers)}" if self.actadd_layers else
+                     'only when started with additional_config={"steerlab": {"actadd_layers": [...]}}')
+            raise SpecError(f"This vLLM engine takes ActAdd pairs {where}, not at block {spec.actadd.layer}. Or "
+                            "save the pair as a vector (steerlab extract --method actadd) into the vectors folder "
+                            "and name it.", "steering.actadd.layer")
+
+    def compile(self, spec: SteeringSpec, prompt_len: int, assistant_start: int | None = None,
+                user_start: int | None = None, pair: Pair | None = None) -> Program:
+        """The program for one request (empty for no steering). Raises :class:`SpecError` for what
+        this engine cannot do, so the front end can refuse the request before it is scheduled.
+        ``pair``: the request's ActAdd tensor (the front end extracts it), applied at the input of block
+        ``spec.actadd.layer`` from the rows the worker keeps for the request's slot."""
+        self.check(spec)
         program: Program = {}
-        for iv in self.factory.build(spec).for_batch(None):  # build() checks the spec against the vectors
+        for iv in self.factory.build(replace(spec, actadd=None)).for_batch(None):
             program.setdefault((iv.layer, iv.site), []).append(self._op(iv, prompt_len, assistant_start, user_start))
+        if spec.actadd is not None:  # after the vectors, as Combined orders the parts on steerlab's engine
+            rows = None if pair is None else pair.rows
+            if rows is None or rows.ndim != 2 or rows.shape[1] != self.facts.hidden_size \
+                    or not 0 < rows.shape[0] <= self.actadd_max_tokens or not bool(torch.isfinite(rows).all()):
+                raise SpecError(f"The ActAdd pair's differing part must be 1..{self.actadd_max_tokens} tokens long "
+                                "(the engine's actadd_max_tokens) with finite activations.", "steering.actadd")
+            assert pair is not None
+            program.setdefault((spec.actadd.layer, "input"), []).append(
+                Op(PAIR_ROW, 1.0, 0.0, 1.0, pair.start, pair.start + int(rows.shape[0]), 1))
         for (layer, site), ops in program.items():
             if len(ops) > self.max_ops:
                 raise SpecError(f"This request puts {len(ops)} operations on layer {layer} ({site}); the engine was "

@@ -2,7 +2,9 @@
 
 Built once when the model is loaded (before vLLM compiles it or captures CUDA graphs):
 
-* ``table`` ``[rows, hidden]``: every served direction (:class:`~steerlab.vllm.program.VectorTable`);
+* ``table`` ``[rows, hidden]``: every served direction (:class:`~steerlab.vllm.program.VectorTable`),
+  then, when the engine takes ActAdd pairs, ``actadd_max_tokens`` rows per slot that hold the pair
+  tensor of the request in that slot (written when it enters the slot, like its program);
 * per hooked site, per persistent-batch slot (vLLM's ``input_batch`` row), ``max_ops`` operation
   rows: table row, ``(a, b, strength)`` and ``(start, end, per_position)``.
 
@@ -17,18 +19,34 @@ sites that no scheduled request uses are skipped on the host side.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
 import torch
 from torch import nn
 
-from .program import EXTRA_KEY, LANDMARK_KEY, NO_END, Compiler, ModelFacts, PluginConfig, Program
+from .program import (
+    EXTRA_KEY,
+    LANDMARK_KEY,
+    NO_END,
+    PAIR_KEY,
+    PAIR_ROW,
+    Compiler,
+    ModelFacts,
+    Pair,
+    PluginConfig,
+    Program,
+)
 
 log = logging.getLogger("steerlab.vllm")
 # Per process: the most requests, and the most differently steered ones, seen in one forward pass
 # (lets a test prove that requests with different steering really shared a batch).
 STATS = {"max_requests": 0, "max_distinct_steering": 0}
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.numpy().tobytes()).hexdigest()
 
 
 def find_blocks(model: nn.Module, num_layers: int) -> nn.ModuleList:
@@ -48,10 +66,13 @@ class WorkerSteering:
         facts = ModelFacts(str(model_config.model), model_config.get_hidden_size(), num_layers)
         self.compiler = Compiler.from_config(config, facts)
         self.device, dtype = runner.device, model_config.dtype
-        self.table = self.compiler.table.weights.to(self.device, dtype)
-        self.sites = sorted(self.compiler.table.sites)
-        self.site_index = {s: i for i, s in enumerate(self.sites)}
         slots, k = runner.input_batch.max_num_reqs, config.max_ops
+        static = self.compiler.table.weights
+        self.pair_base, self.pair_rows = static.shape[0], config.actadd_max_tokens
+        pair_rows = slots * self.pair_rows if config.actadd_layers else 0
+        self.table = torch.cat([static, static.new_zeros(pair_rows, static.shape[1])]).to(self.device, dtype)
+        self.sites = sorted(self.compiler.table.sites | {(layer, "input") for layer in config.actadd_layers})
+        self.site_index = {s: i for i, s in enumerate(self.sites)}
         shape = (len(self.sites), slots, k)
         self.cpu_rows = torch.zeros(shape, dtype=torch.long)
         self.cpu_coef = torch.zeros(*shape, 3)  # a, b, strength
@@ -67,6 +88,7 @@ class WorkerSteering:
         self.owner: list[str | None] = [None] * slots
         self.scheduled = 0  # requests in the batch at the last step
         self.programs: dict[str, Program] = {}
+        self.pairs: dict[str, Pair] = {}  # requests' ActAdd pairs
         self.keys: dict[str, str] = {}
         # The runner's persistent per-token buffers (filled by vLLM before each forward pass).
         self.req_indices = runner.req_indices.gpu
@@ -85,14 +107,16 @@ class WorkerSteering:
             if self.owner[i] == rid:
                 continue
             if rid not in self.programs:
-                self.programs[rid] = self._program(runner.requests[rid])
-                self.keys[rid] = repr(sorted(self.programs[rid].items()))
-            self._write(i, self.programs[rid])
+                self.programs[rid] = self._program(runner.requests[rid], rid)
+                pair = self.pairs.get(rid)
+                self.keys[rid] = repr(sorted(self.programs[rid].items())) + ("" if pair is None else _digest(pair.rows))
+            self._write(i, self.programs[rid], self.pairs.get(rid))
             self.owner[i] = rid
             changed = True
         if len(self.programs) > 4 * len(self.owner):  # forget finished requests
             self.programs = {r: p for r, p in self.programs.items() if r in runner.requests}
             self.keys = {r: self.keys[r] for r in self.programs}
+            self.pairs = {r: t for r, t in self.pairs.items() if r in self.programs}
         if changed and self.device.type != "cpu":
             self.rows.copy_(self.cpu_rows, non_blocking=True)
             self.coef.copy_(self.cpu_coef, non_blocking=True)
@@ -107,7 +131,7 @@ class WorkerSteering:
         if self.eager:
             self.active = self.counts[:, :n].amax(dim=1).tolist() if n else [0] * len(self.sites)
 
-    def _program(self, state: Any) -> Program:
+    def _program(self, state: Any, rid: str) -> Program:
         params = state.sampling_params
         extra = getattr(params, "extra_args", None) or {}
         if EXTRA_KEY not in extra:
@@ -115,14 +139,18 @@ class WorkerSteering:
         try:
             spec = self.compiler.spec_of(extra)
             landmarks = extra.get(LANDMARK_KEY) or {}
-            return self.compiler.compile(spec, len(state.prompt_token_ids or ()), landmarks.get("assistant"),
-                                         landmarks.get("user"))
-        except ValueError as err:  # the front end refuses these; never fail the batch for one request
+            pair = Pair.from_extra(extra[PAIR_KEY]) if PAIR_KEY in extra else None
+            program = self.compiler.compile(spec, len(state.prompt_token_ids or ()), landmarks.get("assistant"),
+                                            landmarks.get("user"), pair)
+            if pair is not None:
+                self.pairs[rid] = pair
+            return program
+        except (ValueError, TypeError, KeyError) as err:  # the front end refuses these; never fail the batch
             log.error("steerlab: request %s reached the worker with unusable steering (%s); running it unsteered",
                       state.req_id, err)
             return {}
 
-    def _write(self, slot: int, program: Program) -> None:
+    def _write(self, slot: int, program: Program, pair: Pair | None) -> None:
         self.cpu_rows[:, slot] = 0
         self.cpu_coef[:, slot] = 0
         self.cpu_bounds[:, slot] = 0
@@ -131,7 +159,12 @@ class WorkerSteering:
         for site, ops in program.items():
             s = self.site_index[site]
             for k, op in enumerate(ops):
-                self.cpu_rows[s, slot, k] = op.row
+                row = op.row
+                if row == PAIR_ROW:  # the request's own rows: its ActAdd tensor goes into this slot's block
+                    assert pair is not None
+                    row = self.pair_base + slot * self.pair_rows
+                    self.table[row: row + pair.rows.shape[0]] = pair.rows.to(self.device, self.table.dtype)
+                self.cpu_rows[s, slot, k] = row
                 self.cpu_coef[s, slot, k] = torch.tensor([op.a, op.b, op.strength])
                 self.cpu_bounds[s, slot, k] = torch.tensor([op.start, op.end, op.per_position])
             self.counts[s, slot] = len(ops)
