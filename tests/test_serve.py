@@ -257,6 +257,18 @@ def test_serve_cli_refuses_public_bind_without_key():
     assert main(["serve", "--host", "0.0.0.0"]) == 2
 
 
+def test_serve_cli_engine_options_are_checked(capsys):
+    import importlib.util
+
+    from steerlab.cli import main
+
+    assert main(["serve", "--actadd-layers", "6"]) == 2  # an option of --engine vllm only
+    assert "--engine vllm" in capsys.readouterr().err
+    if importlib.util.find_spec("vllm") is None:  # this environment: the error says how to get vLLM
+        assert main(["serve", "--engine", "vllm"]) == 2
+        assert "make setup-vllm" in capsys.readouterr().err
+
+
 def test_pace_requests_match_the_library(smol):
     """PaCE in the request's steering field (both signs) == the library's PaCE with the same labels."""
     from steerlab.pace import EmbeddingPartitioner, PaCE, build_dictionary

@@ -27,6 +27,12 @@ def cmd_serve(args) -> int:
     if not loopback and not api_key:
         raise InputError(f"Binding to {args.host} exposes the server beyond this machine: set --api-key or "
                          "STEERLAB_API_KEY (or bind to 127.0.0.1).")
+    if args.engine == "vllm":
+        from .serve_vllm import serve_vllm
+
+        return serve_vllm(args, api_key, uvicorn)
+    if args.actadd_layers or args.vllm_args:
+        raise InputError("--actadd-layers and --vllm-args are options of --engine vllm.")
     lm = load_model(args)
     vectors = load_vectors(args.vectors, lm) if args.vectors else {}
     dictionary = None
@@ -70,6 +76,14 @@ def add_parsers(sub) -> None:
     add_model_args(p)
     p.add_argument("--vectors", default=None, help="folder of .safetensors/.gguf vectors, served by file name")
     p.add_argument("--dictionary", default=None, help="a PaCE concept dictionary, for 'pace' steering")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="hf: Hugging Face generate in this process (default); vllm: vLLM's engine with the steerlab "
+                        "plugin behind this server's API and playground (needs make setup-vllm)")
+    p.add_argument("--actadd-layers", default=None,
+                   help="--engine vllm: blocks at which requests may bring ActAdd pairs, e.g. 6,8")
+    p.add_argument("--vllm-args", default="",
+                   help="--engine vllm: more arguments for vLLM's server, e.g. '--tensor-parallel-size 2 "
+                        "--max-model-len 4096'")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set STEERLAB_API_KEY)")

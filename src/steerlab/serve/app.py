@@ -143,45 +143,9 @@ def create_app(lm: SteerModel, vectors: dict | None = None, *, dictionary=None, 
     engine = Engine(lm, factory, config, start_thread=engine_thread)
     app = FastAPI(title="steerlab", version="1")
     app.state.engine = engine
-    app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+    add_error_handlers(app, config)
 
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, err: APIError):
-        return JSONResponse(err.body(), status_code=err.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        msg = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            msg = "The request body is not valid JSON."
-        return JSONResponse(APIError(400, f"{msg}" + (f" (at {where})" if where else ""), param=where or None).body(),
-                            status_code=400)
-
-    local_names = {"localhost", "127.0.0.1", "::1"}
-
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        if not api_key:
-            # Without a key the server trusts whoever reaches it, so only requests addressed to this
-            # machine by name are served: a page elsewhere that rebinds its DNS name to 127.0.0.1
-            # sends its own Host header and is refused.
-            host = request.headers.get("host", "")
-            name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-            if name.lower() not in local_names:
-                return JSONResponse(APIError(403, f"Host {host!r} is not this server's loopback name; a server "
-                                                  "without an API key answers only localhost / 127.0.0.1 / [::1]. "
-                                                  "Start it with --api-key to serve other names.",
-                                             code="host_not_allowed").body(), status_code=403)
-        if api_key and (request.url.path.startswith("/v1/") or request.url.path in TOKENIZER_PATHS):
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return JSONResponse(APIError(401, "Missing or wrong API key (send 'Authorization: Bearer <key>').",
-                                             type="authentication_error", code="invalid_api_key").body(),
-                                    status_code=401)
-        return await call_next(request)
+    app.middleware("http")(access_guard(api_key))
 
     vocab = Vocab(lm.tokenizer)
 
@@ -362,11 +326,7 @@ def create_app(lm: SteerModel, vectors: dict | None = None, *, dictionary=None, 
 
     @app.get("/v1/vectors")
     async def list_vectors():
-        data = [{"id": name, "object": "steering_vector", "method": v.method, "layers": sorted(v.layers),
-                 "apply": v.apply, "norms": {str(k): round(n, 4) for k, n in v.norms().items()
-                                             if math.isfinite(n)}} for name, v in sorted(vectors.items())]
-        return {"object": "list", "data": data, "pace": {"layers": dictionary.layers, "concepts": len(dictionary)}
-                if dictionary is not None else None, "num_layers": lm.num_layers}
+        return vector_listing(vectors, lm.num_layers, dictionary)
 
     @app.get("/health")
     async def health():
@@ -374,8 +334,69 @@ def create_app(lm: SteerModel, vectors: dict | None = None, *, dictionary=None, 
                 "requests": engine.stats["requests"], "max_batch_seen": engine.stats["max_batch_seen"],
                 "generated_tokens": engine.stats["generated_tokens"], "cancelled": engine.stats["cancelled"]}
 
-    @app.get("/", response_class=HTMLResponse)
-    async def playground():
-        return resources.files("steerlab.serve").joinpath("playground.html").read_text(encoding="utf-8")
-
+    app.get("/", response_class=HTMLResponse)(playground)
     return app
+
+
+async def playground() -> str:
+    return resources.files("steerlab.serve").joinpath("playground.html").read_text(encoding="utf-8")
+
+
+def vector_listing(vectors: dict, num_layers: int, dictionary=None) -> dict:
+    """The body of ``GET /v1/vectors``: each served vector's method, layers, window and norms."""
+    data = [{"id": name, "object": "steering_vector", "method": v.method, "layers": sorted(v.layers),
+             "apply": v.apply, "norms": {str(k): round(n, 4) for k, n in v.norms().items()
+                                         if math.isfinite(n)}} for name, v in sorted(vectors.items())]
+    return {"object": "list", "data": data, "pace": {"layers": dictionary.layers, "concepts": len(dictionary)}
+            if dictionary is not None else None, "num_layers": num_layers}
+
+
+def add_error_handlers(app: FastAPI, config: ServeConfig) -> None:
+    """Request bodies over ``config.max_body_bytes`` get a 413; APIErrors and invalid bodies become
+    OpenAI-style error bodies."""
+    app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            msg = "The request body is not valid JSON."
+        return JSONResponse(APIError(400, f"{msg}" + (f" (at {where})" if where else ""), param=where or None).body(),
+                            status_code=400)
+
+
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def access_guard(api_key: str | None):
+    """HTTP middleware: with ``api_key``, the API paths need ``Authorization: Bearer <key>``; without
+    one, only requests addressed to this machine by a loopback name are served."""
+
+    async def guard(request: Request, call_next):
+        if not api_key:
+            # Without a key the server trusts whoever reaches it, so only requests addressed to this
+            # machine by name are served: a page elsewhere that rebinds its DNS name to 127.0.0.1
+            # sends its own Host header and is refused.
+            host = request.headers.get("host", "")
+            name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+            if name.lower() not in LOCAL_NAMES:
+                return JSONResponse(APIError(403, f"Host {host!r} is not this server's loopback name; a server "
+                                                  "without an API key answers only localhost / 127.0.0.1 / [::1]. "
+                                                  "Start it with --api-key to serve other names.",
+                                             code="host_not_allowed").body(), status_code=403)
+        if api_key and (request.url.path.startswith("/v1/") or request.url.path in TOKENIZER_PATHS):
+            auth = request.headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                return JSONResponse(APIError(401, "Missing or wrong API key (send 'Authorization: Bearer <key>').",
+                                             type="authentication_error", code="invalid_api_key").body(),
+                                    status_code=401)
+        return await call_next(request)
+
+    return guard

@@ -37,6 +37,24 @@ class JobSettings:
     index: int = 0  # the choice this job answers
 
 
+def control_token_strings(tokenizer: Any) -> list[str]:
+    """The texts a tokenizer reads as control tokens, longest first."""
+    return sorted({str(t) for t in tokenizer.all_special_tokens}
+                  | {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                     if getattr(t, "special", False)}, key=len, reverse=True)
+
+
+def refuse_control_tokens(control: list[str], texts: list[str], param: str, model: str) -> None:
+    """An HTTP 400 if any text spells one of the ``control`` tokens (it could forge a chat turn)."""
+    for text in texts:
+        found = next((t for t in control if t and t in text), None)
+        if found is not None:
+            raise APIError(400, f"The text holds {found!r}, which {model}'s tokenizer reads as a control "
+                                "token (it could forge a chat turn). Remove it, or start the server with "
+                                "--allow-control-tokens if its clients are trusted.", param=param,
+                           code="control_token_in_text")
+
+
 class RequestValidator:
     """Checks requests against the model (context length, control tokens) and the server's
     :class:`ServeConfig`; steering specs are checked by the same factory that later builds them."""
@@ -44,22 +62,12 @@ class RequestValidator:
     def __init__(self, lm: SteerModel, factory: SteeringFactory, config: ServeConfig) -> None:
         self.lm, self.factory, self.config = lm, factory, config
         self.context = getattr(lm.model.config, "max_position_embeddings", None)
-        tok = lm.tokenizer
-        self.control = sorted({str(t) for t in tok.all_special_tokens}
-                              | {t.content for t in getattr(tok, "added_tokens_decoder", {}).values()
-                                 if getattr(t, "special", False)}, key=len, reverse=True)
+        self.control = control_token_strings(lm.tokenizer)
 
     def control_tokens(self, texts: list[str], param: str) -> None:
         """Refuse text that spells a control token (it would forge a chat turn) unless allowed."""
-        if self.config.allow_control_tokens:
-            return
-        for text in texts:
-            found = next((t for t in self.control if t and t in text), None)
-            if found is not None:
-                raise APIError(400, f"The text holds {found!r}, which {self.lm.name}'s tokenizer reads as a control "
-                                    "token (it could forge a chat turn). Remove it, or start the server with "
-                                    "--allow-control-tokens if its clients are trusted.", param=param,
-                               code="control_token_in_text")
+        if not self.config.allow_control_tokens:
+            refuse_control_tokens(self.control, texts, param, self.lm.name)
 
     def steering(self, raw: Any) -> SteeringSpec:
         """The request's ``steering`` field as a spec the factory can build, within the limits."""
