@@ -8,7 +8,8 @@ the complement of the undesirable atoms, subtraction of their mean direction, an
 built-in sentiment vector (read on the option texts) at several multipliers, so that one of them
 sits near PaCE's fluency. Scores per prompt: VADER compound (higher = more positive), the rate of
 words the partition labels undesirable, and fluency (perplexity of the output under the unsteered
-model); 95% bootstrap intervals over prompts, and paired changes from the unsteered outputs.
+model, and the share of repeated token 2-grams, which perplexity misses); 95% bootstrap intervals
+over prompts, and paired changes from the unsteered outputs.
 
 ``--task no-food`` measures concept removal directly: 48 prompts that ask about food, the food
 concepts of the dictionary marked undesirable, and as scores the share of food words in the output

@@ -654,3 +654,14 @@ def test_sync_free_pace_edits_as_the_adaptive_path(device):
             lm.model.to("cpu")
         assert (want - plain).abs().max() > 1e-3  # the removal acts
         torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+
+
+def test_repeated_ngrams_catch_the_loops_perplexity_rewards(smol):
+    from steerlab.evaluate.text_scores import repeated_ngrams
+
+    assert repeated_ngrams([[1, 2, 3, 4], [5, 5, 5, 5, 5], [7]]) == [0.0, 0.75, 0.0]
+    loop = "The best-ever-hunter-hunter-hunter-hunter-hunter-hunter-hunter-hunter-hunter-"  # a PaCE output
+    plain = "The best meal I have ever eaten was a bowl of soup in a small village by the sea."
+    ids = [smol.tokenizer(t, add_special_tokens=False)["input_ids"] for t in (loop, plain)]
+    looped, fine = repeated_ngrams(ids)
+    assert looped > 0.5 and fine == 0.0

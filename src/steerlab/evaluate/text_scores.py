@@ -24,6 +24,17 @@ def profanity_scores(texts: Sequence[str]) -> list[float]:
     return [float(p) for p in predict_prob(list(texts))] if texts else []
 
 
+def repeated_ngrams(token_ids: Sequence[Sequence[int]], n: int = 2) -> list[float]:
+    """Share of each text's token n-grams that repeat an earlier n-gram of the same text (0: none; near 1:
+    a loop such as "hunter-hunter-hunter-..."). Perplexity under a model rewards such loops, so this is
+    the fluency measure's companion; a text with fewer than ``n`` tokens scores 0."""
+    out = []
+    for ids in token_ids:
+        grams = [tuple(ids[i: i + n]) for i in range(len(ids) - n + 1)]
+        out.append(1 - len(set(grams)) / len(grams) if grams else 0.0)
+    return out
+
+
 def lexicon_rate(texts: Sequence[str], lexicon: Collection[str]) -> list[float]:
     """Share of each text's words that are in ``lexicon`` (lower-cased)."""
     words_of = [re.findall(r"[a-z']+", t.lower()) for t in texts]

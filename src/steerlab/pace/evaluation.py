@@ -5,7 +5,8 @@ lower = better; ``positive-sentiment``: VADER compound, higher = better; ``no-fo
 the ``topic`` scorer: how close the output's sentence embedding is to the undesirable anchors rather
 than the benign ones, lower = better), the share of words that the task's partition labels
 undesirable (lower = better), fluency (perplexity of the output under the *unsteered* model, given
-the prompt), and wall time per generated token.
+the prompt, and the share of repeated token 2-grams, since perplexity rewards an output that loops),
+and wall time per generated token.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..errors import InputError
 from ..evaluate.capability import token_nll
 from ..evaluate.files import Report, pyplot
 from ..evaluate.stats import bootstrap_ci
-from ..evaluate.text_scores import lexicon_rate, profanity_scores, vader_scores
+from ..evaluate.text_scores import lexicon_rate, profanity_scores, repeated_ngrams, vader_scores
 from .partition import TASKS, Task, TextEmbedder, anchor_similarities, default_embedder, get_task
 from .removal import METHODS
 
@@ -193,6 +194,13 @@ class MethodResult:
     task_ci: tuple[float, float] = (float("nan"), float("nan"))  # 95% bootstrap over prompts
     task_change_ci: tuple[float, float] = (float("nan"), float("nan"))  # paired, minus unsteered
     lexicon_change_ci: tuple[float, float] = (float("nan"), float("nan"))
+    repetition: float = float("nan")  # mean share of repeated token 2-grams per output (perplexity misses loops)
+    repetitions: list[float] = field(default_factory=list)  # per prompt
+
+    @property
+    def looping(self) -> int:
+        """Outputs that are mostly a loop (over half their 2-grams repeated)."""
+        return sum(x > 0.5 for x in self.repetitions)
 
 
 @dataclass
@@ -207,7 +215,8 @@ class PaceEval(Report):
     def table(self) -> str:
         score = SCORE_NAMES.get(TASKS[self.task].scorer if self.task in TASKS else "", "task score")
         lines = [f"| method | {score} [95% CI] | change vs unsteered [95% CI] | undesirable-word rate | "
-                 "change [95% CI] | fluency perplexity | ms/token |", "|---|---|---|---|---|---|---|"]
+                 "change [95% CI] | fluency perplexity | repeated 2-grams (outputs > 0.5) | ms/token |",
+                 "|---|---|---|---|---|---|---|---|"]
 
         def ci(pair: tuple[float, float], digits: int) -> str:
             return f"[{pair[0]:+.{digits}f}, {pair[1]:+.{digits}f}]"
@@ -215,7 +224,7 @@ class PaceEval(Report):
         for r in self.results:
             lines.append(f"| {r.method} | {r.task_score:.3f} {ci(r.task_ci, 3)} | {ci(r.task_change_ci, 3)} | "
                          f"{r.lexicon_rate:.4f} | {ci(r.lexicon_change_ci, 4)} | {r.perplexity:.2f} | "
-                         f"{r.ms_per_token:.1f} |")
+                         f"{r.repetition:.3f} ({r.looping}/{len(r.repetitions)}) | {r.ms_per_token:.1f} |")
         return "\n".join(lines)
 
     def plot(self, path: str | Path | BinaryIO) -> None:
@@ -269,7 +278,9 @@ def evaluate_removal(lm: SteerModel, dictionary, partition, layers, *, task: str
         t0 = time.perf_counter()
         texts = lm.generate(prompts, steering=steering, max_new_tokens=max_new_tokens, batch_size=batch_size)
         seconds = time.perf_counter() - t0
-        n_tokens = sum(max(1, len(lm.tokenizer(t, add_special_tokens=False)["input_ids"])) for t in texts)
+        ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        n_tokens = sum(max(1, len(x)) for x in ids)
+        repetitions = repeated_ngrams(ids)
         nll = [token_nll(lm, [t], user_prompt=p)[0] if t.strip() else float("nan")
                for p, t in zip(prompts, texts, strict=True)]
         finite = [x for x in nll if math.isfinite(x)]
@@ -277,7 +288,8 @@ def evaluate_removal(lm: SteerModel, dictionary, partition, layers, *, task: str
         rates = lexicon_rate(texts, lexicon)
         results.append(MethodResult(name, mean(scores), mean(rates), math.exp(mean(finite)) if finite else float("nan"),
                                     1000 * seconds / n_tokens, texts, scores, rates,
-                                    bootstrap_ci(torch.tensor(scores))))
+                                    bootstrap_ci(torch.tensor(scores)), repetition=mean(repetitions),
+                                    repetitions=repetitions))
     base = next((r for r in results if r.method == "unsteered"), None)
     if base is not None:
         for r in results:
