@@ -376,7 +376,12 @@ def test_steerlab_serve_on_the_vllm_engine(vectors_dir, tmp_path):
         assert httpx.post(url + "/v1/chat/completions", content=b"{not json", timeout=60).status_code == 400
         assert chat().json()["choices"][0]["message"]["content"] == text[0]  # still serving, unchanged
     finally:
+        import psutil
+
+        engine = psutil.Process(server.pid).children(recursive=True)  # vLLM's server and its workers
         _stop(server)
+    _, alive = psutil.wait_procs(engine, timeout=60)
+    assert not alive, alive  # stopping steerlab's server stopped vLLM's too
 
 
 def test_fuzzed_steering_is_refused_alone_and_never_changes_other_requests(llm, smol):

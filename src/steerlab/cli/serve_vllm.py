@@ -49,6 +49,15 @@ def _facts(model_dir: str) -> tuple[int, int]:
     return int(text.hidden_size), int(text.num_hidden_layers)
 
 
+def _die_with_parent() -> None:
+    """In the vLLM server's process, before it starts: on Linux, ask the kernel to send it SIGTERM if
+    this process dies without stopping it (killed, crashed); vLLM then stops its own workers."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _wait(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
     import httpx
 
@@ -107,7 +116,16 @@ def serve_vllm(args, api_key: str | None, uvicorn: Any) -> int:
     log = Path(tempfile.mkdtemp(prefix="steerlab-vllm-")) / "vllm.log"
     print(f"starting vLLM's server for {served} (log: {log}) ...", flush=True)
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+
+    # Ctrl-C and SIGTERM end server.run() with KeyboardInterrupt (uvicorn re-raises the signal it caught
+    # after shutting down, which would otherwise end this process before vLLM's server is stopped).
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     try:
         _wait(proc, url, log, START_TIMEOUT_S)
         from transformers import AutoTokenizer
@@ -120,7 +138,9 @@ def serve_vllm(args, api_key: str | None, uvicorn: Any) -> int:
                                                timeout_graceful_shutdown=5))
         print(f"serving {served} on vLLM with vectors {sorted(vectors) or 'none'} on http://{args.host}:{args.port} "
               f"(playground at /, OpenAI API at /v1); Ctrl-C stops", flush=True)
-        server.run()  # handles Ctrl-C and SIGTERM itself
+        server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

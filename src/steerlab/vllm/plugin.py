@@ -55,7 +55,7 @@ def register() -> None:
     def _model_forward(self, *args: Any, **kwargs: Any) -> Any:
         steering = self.__dict__.get(_STATE)
         if steering is not None:
-            steering.prepare(self)
+            steering.prepare(self, kwargs.get("positions", args[1] if len(args) > 1 else None))
         return original_forward(self, *args, **kwargs)
 
     GPUModelRunner._model_forward = _model_forward

@@ -9,12 +9,15 @@ Built once when the model is loaded (before vLLM compiles it or captures CUDA gr
   rows: table row, ``(a, b, strength)`` and ``(start, end, per_position)``.
 
 Before every forward pass :meth:`WorkerSteering.prepare` writes the programs of the requests that
-entered a slot since the last step (the host side; a few small copies). The hooks themselves only
-index those tables with the runner's own per-token buffers, ``req_indices`` (token -> slot) and
-``positions`` (token -> absolute position in its own sequence), so chunked prefill, decode steps
-and recomputation after preemption all see the same positions, and the hook code has no
-data-dependent Python: the same tensors and shapes every step. In eager mode (``enforce_eager``)
-sites that no scheduled request uses are skipped on the host side.
+entered a slot since the last step (the host side; a few small copies), then turns them into
+per-token operations for all sites at once (``tok_row``, ``tok_weight``: a dozen tensor ops per
+pass, on the device, no host reads), indexing the tables with the runner's own per-token buffers,
+``req_indices`` (token -> slot) and ``positions`` (token -> absolute position in its own sequence),
+so chunked prefill, decode steps and recomputation after preemption all see the same positions.
+A hook then only gathers its vectors and adds them (and reads ``h . u`` for projections), with no
+data-dependent Python: the same tensors and shapes every step, so it can be compiled and captured.
+In eager mode (``enforce_eager``) sites that no scheduled request uses are skipped on the host side,
+and so is ``h . u`` on sites where every scheduled operation is an add.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class WorkerSteering:
         self.max_ops = k
         self.eager = bool(model_config.enforce_eager)
         self.active = [0] * len(self.sites)  # eager mode: ops to run per site this step
+        self.projects = [True] * len(self.sites)  # eager mode: sites whose ops this step read h . u
         self.owner: list[str | None] = [None] * slots
         self.scheduled = 0  # requests in the batch at the last step
         self.programs: dict[str, Program] = {}
@@ -93,13 +97,42 @@ class WorkerSteering:
         # The runner's persistent per-token buffers (filled by vLLM before each forward pass).
         self.req_indices = runner.req_indices.gpu
         self.positions = runner.positions
+        # Per pass, per site, per token and operation slot: the table row and the weight's two parts
+        # (filled by prepare() before each forward pass, read by the hooks).
+        tokens = self.positions.shape[0]
+        self.tok_row = torch.zeros(len(self.sites), tokens, k, dtype=torch.long, device=self.device)
+        self.tok_weight = torch.zeros(len(self.sites), tokens, k, 2, device=self.device)
         blocks = find_blocks(runner.get_model(), num_layers)
         self.handles = [self._hook(blocks[layer], i, site) for i, (layer, site) in enumerate(self.sites)]
         log.info("steerlab: steering %d sites with %d vectors (%d table rows)", len(self.sites),
                  len(self.compiler.vectors), self.table.shape[0])
 
     # ------------------------------------------------------------------ host side, every step
-    def prepare(self, runner: Any) -> None:
+    def prepare(self, runner: Any, positions: torch.Tensor | None = None) -> None:
+        """Before a forward pass over ``positions`` (default: the runner's whole position buffer): write the
+        programs of requests new to their slots, then each token's operations for every site."""
+        self._admit(runner)
+        if self.eager and not any(self.active):
+            return  # no scheduled request is steered: the hooks return at once
+        self._per_token(self.positions.shape[0] if positions is None else positions.shape[0])
+
+    def _per_token(self, tokens: int) -> None:
+        """For every site and operation slot, each token's table row and the two parts of its weight
+        (``strength * inside * a`` and ``strength * inside * b``, the latter multiplying ``h . u``), computed
+        once per pass for all sites, so a hook does no per-request indexing of its own."""
+        slot = self.req_indices[:tokens]
+        pos = self.positions[:tokens, None]  # [tokens, 1] against [sites, tokens, ops]
+        start, end, per_position = self.bounds[:, slot].unbind(-1)
+        a, b, strength = self.coef[:, slot].unbind(-1)
+        weight = strength * ((pos >= start) & (pos < end))
+        self.tok_weight[:, :tokens, :, 0] = weight * a
+        self.tok_weight[:, :tokens, :, 1] = weight * b
+        # Per-position vectors read the row for their offset into the window (clamped for tokens outside it,
+        # whose weight is 0 anyway).
+        row = self.rows[:, slot] + per_position * (pos - start).clamp(min=0)
+        self.tok_row[:, :tokens] = row.clamp(max=self.table.shape[0] - 1)
+
+    def _admit(self, runner: Any) -> None:
         batch = runner.input_batch
         n = batch.num_reqs
         changed = False
@@ -130,6 +163,9 @@ class WorkerSteering:
             STATS["max_distinct_steering"] = max(STATS["max_distinct_steering"], len(distinct))
         if self.eager:
             self.active = self.counts[:, :n].amax(dim=1).tolist() if n else [0] * len(self.sites)
+            # whether any scheduled operation on a site reads h . u (project_out, clamp); adds alone skip it
+            self.projects = (self.cpu_coef[:, :n, :, 1] != 0).flatten(1).any(dim=1).tolist() if n else \
+                [False] * len(self.sites)
 
     def _program(self, state: Any, rid: str) -> Program:
         params = state.sampling_params
@@ -177,20 +213,14 @@ class WorkerSteering:
         if ops == 0:
             return hidden
         tokens = hidden.shape[0]
-        slot = self.req_indices[:tokens]
-        pos = self.positions[:tokens]
+        rows, parts = self.tok_row[s, :tokens], self.tok_weight[s, :tokens]
+        project = self.projects[s] if self.eager else True
         for k in range(ops):
-            row = self.rows[s, slot, k]
-            a, b, strength = self.coef[s, slot, k].unbind(-1)
-            start, end, per_position = self.bounds[s, slot, k].unbind(-1)
-            inside = (pos >= start) & (pos < end)
-            # Per-position vectors read the row for their offset into the window (clamped for tokens outside it,
-            # whose weight is 0 anyway).
-            row = (row + per_position * (pos - start).clamp(min=0)).clamp(max=self.table.shape[0] - 1)
-            u = self.table[row]
-            stream = hidden if residual is None else hidden + residual
-            proj = (stream * u).sum(-1).float()
-            weight = strength * inside * (a + b * proj)
+            u = self.table[rows[:, k]]
+            weight = parts[:, k, 0]
+            if project:
+                stream = hidden if residual is None else hidden + residual
+                weight = weight + parts[:, k, 1] * (stream * u).sum(-1).float()
             hidden = hidden + weight.to(hidden.dtype)[:, None] * u
         return hidden
 
