@@ -93,19 +93,18 @@ def serve_vllm(args, api_key: str | None, uvicorn: Any) -> int:
         pair_layers = parse_layers(args.actadd_layers) if args.actadd_layers else []
     except ValueError:
         raise InputError(f"--actadd-layers takes block indices such as 6,8 (got {args.actadd_layers!r}).") from None
+    if not args.vectors and not pair_layers:
+        raise InputError("--engine vllm needs --vectors FOLDER and/or --actadd-layers to have anything to steer with.")
+    plugin: dict = {"max_multiplier": args.max_multiplier}
     vectors = {}
     if args.vectors:  # checked here too, so a bad folder fails before vLLM spends minutes starting
         vectors = load_vector_folder(args.vectors, ModelFacts(steerlab_name or served, hidden, layers),
                                      allow_other_model=steerlab_name is None)
-    plugin: dict = {"max_multiplier": args.max_multiplier}
-    if args.vectors:
         plugin["vectors"] = str(Path(args.vectors).resolve())
     if steerlab_name:
         plugin["model_name"] = steerlab_name
     if pair_layers:
         plugin["actadd_layers"] = pair_layers
-    if "vectors" not in plugin and not pair_layers:
-        raise InputError("--engine vllm needs --vectors FOLDER and/or --actadd-layers to have anything to steer with.")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1",

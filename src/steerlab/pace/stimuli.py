@@ -132,9 +132,10 @@ def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: i
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         out.update(written)
 
-    if run_shards is None:
-        for sh, path in progress_bar(todo, "stimuli", progress=progress, unit="shard"):
-            keep(path, write_shard(writer, sh))
-    elif todo:
-        run_shards([sh for sh, _ in todo], lambda i, written: keep(todo[i][1], written))
+    def in_process(shards: list[StimuliShard], on_result: Callable[[int, dict[str, list[str]]], None]) -> None:
+        for i, sh in enumerate(progress_bar(shards, "stimuli", progress=progress, unit="shard")):
+            on_result(i, write_shard(writer, sh))
+
+    if todo:
+        (run_shards or in_process)([sh for sh, _ in todo], lambda i, written: keep(todo[i][1], written))
     return {c: out.get(c, []) for c in concepts}

@@ -138,7 +138,7 @@ Site = tuple[int, str]  # (layer, "output" | "input")
 Program = dict[Site, list[Op]]
 
 
-def _key(t: torch.Tensor) -> str:
+def content_key(t: torch.Tensor) -> str:
     t = t.detach().to("cpu").contiguous()
     return hashlib.sha1(f"{t.dtype}{tuple(t.shape)}".encode() + t.numpy().tobytes()).hexdigest()
 
@@ -163,7 +163,7 @@ class VectorTable:
                     assert unit_form is not None
                     forms.append(unit_form)
                 for form in forms:
-                    key = _key(form)
+                    key = content_key(form)
                     if key not in self.index:
                         self.index[key] = sum(len(r) for r in rows)
                         rows.append(form.reshape(-1, hidden_size).float())
@@ -171,7 +171,7 @@ class VectorTable:
 
     def row(self, t: torch.Tensor) -> int:
         try:
-            return self.index[_key(t)]
+            return self.index[content_key(t)]
         except KeyError:
             raise InputError("A steering direction is not one of the served vectors.") from None
 
@@ -242,14 +242,13 @@ class Compiler:
         for iv in self.factory.build(replace(spec, actadd=None)).for_batch(None):
             program.setdefault((iv.layer, iv.site), []).append(self._op(iv, prompt_len, assistant_start, user_start))
         if spec.actadd is not None:  # after the vectors, as Combined orders the parts on steerlab's engine
-            rows = None if pair is None else pair.rows
-            if rows is None or rows.ndim != 2 or rows.shape[1] != self.facts.hidden_size \
-                    or not 0 < rows.shape[0] <= self.actadd_max_tokens or not bool(torch.isfinite(rows).all()):
+            if pair is None or pair.rows.ndim != 2 or pair.rows.shape[1] != self.facts.hidden_size \
+                    or not 0 < pair.rows.shape[0] <= self.actadd_max_tokens \
+                    or not bool(torch.isfinite(pair.rows).all()):
                 raise SpecError(f"The ActAdd pair's differing part must be 1..{self.actadd_max_tokens} tokens long "
                                 "(the engine's actadd_max_tokens) with finite activations.", "steering.actadd")
-            assert pair is not None
             program.setdefault((spec.actadd.layer, "input"), []).append(
-                Op(PAIR_ROW, 1.0, 0.0, 1.0, pair.start, pair.start + int(rows.shape[0]), 1))
+                Op(PAIR_ROW, 1.0, 0.0, 1.0, pair.start, pair.start + int(pair.rows.shape[0]), 1))
         for (layer, site), ops in program.items():
             if len(ops) > self.max_ops:
                 raise SpecError(f"This request puts {len(ops)} operations on layer {layer} ({site}); the engine was "

@@ -22,7 +22,6 @@ and so is ``h . u`` on sites where every scheduled operation is an add.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -40,16 +39,13 @@ from .program import (
     Pair,
     PluginConfig,
     Program,
+    content_key,
 )
 
 log = logging.getLogger("steerlab.vllm")
 # Per process: the most requests, and the most differently steered ones, seen in one forward pass
 # (lets a test prove that requests with different steering really shared a batch).
 STATS = {"max_requests": 0, "max_distinct_steering": 0}
-
-
-def _digest(t: torch.Tensor) -> str:
-    return hashlib.sha1(t.numpy().tobytes()).hexdigest()
 
 
 def find_blocks(model: nn.Module, num_layers: int) -> nn.ModuleList:
@@ -142,7 +138,8 @@ class WorkerSteering:
             if rid not in self.programs:
                 self.programs[rid] = self._program(runner.requests[rid], rid)
                 pair = self.pairs.get(rid)
-                self.keys[rid] = repr(sorted(self.programs[rid].items())) + ("" if pair is None else _digest(pair.rows))
+                self.keys[rid] = repr(sorted(self.programs[rid].items())) + (
+                    "" if pair is None else content_key(pair.rows))
             self._write(i, self.programs[rid], self.pairs.get(rid))
             self.owner[i] = rid
             changed = True
