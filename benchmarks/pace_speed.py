@@ -27,10 +27,12 @@ import steerlab
 from steerlab.capture import capture
 from steerlab.pace import ConceptDictionary, ElasticNet, EmbeddingPartitioner, PaCE, Partition, objective, sparse_code
 from steerlab.pace.evaluation import PROMPTS
-from steerlab.pace.solver import kkt_violation
+from steerlab.pace.solver import correlations, kkt_violation
 
 BATCHES = (1, 8)
 SYNC_FREE = ElasticNet(sync_free=True)
+TORCH_KERNELS = ElasticNet(kernel="torch")
+TORCH_COLD = "cold, torch kernels"
 
 
 def main() -> None:
@@ -57,7 +59,8 @@ def main() -> None:
         return time.perf_counter()
 
     d = ConceptDictionary.load(args.dictionary, lm)
-    D = d.matrix(args.layer).float().contiguous().to(lm.device)
+    # [d, K] as a view of contiguous atom rows, the layout PaCE holds (sparse_code gathers atom rows).
+    D = d.atoms[args.layer].float().contiguous().to(lm.device).T
     texts = PROMPTS["detox"] + PROMPTS["positive-sentiment"]
     Z = capture(lm, texts, [args.layer], positions="all", chat=True, progress=False)[args.layer]
     Z = Z.float().to(lm.device)
@@ -73,6 +76,8 @@ def main() -> None:
     # The default, a tighter tol for comparing at scikit-learn's accuracy, and the sync-free path
     # (fixed shapes, no host syncs; meant for GPUs).
     configs = {f"tol {cfg.tol}": cfg, "tol 0.001": ElasticNet(tol=1e-3), "sync-free": SYNC_FREE}
+    if not cuda:  # the same method with every step in torch: what the compiled CPU kernels replace
+        configs[f"tol {cfg.tol}, torch kernels"] = TORCH_KERNELS
     ours = {}
     for label, conf in configs.items():
         times = []
@@ -93,15 +98,15 @@ def main() -> None:
     # cold and warm-started from the previous row's solution (consecutive tokens of one text).
     seq = Z_seq[:64]
     single: dict[str, float] = {}
-    labels = ("product only", "cold", "warm", "cold sync-free")
+    labels = ("product only", "cold", "warm", "cold sync-free") + (() if cuda else (TORCH_COLD,))
     solved: list[torch.Tensor] = []  # each token's support, cold
     for label in labels:
         t0 = clock()
         prev = None
-        conf = SYNC_FREE if label == "cold sync-free" else cfg
+        conf = {"cold sync-free": SYNC_FREE, TORCH_COLD: TORCH_KERNELS}.get(label, cfg)
         for i in range(seq.shape[0]):
             if label == "product only":
-                seq[i: i + 1] @ D
+                correlations(seq[i: i + 1], D.T, cfg)
             else:
                 prev = sparse_code(D, seq[i: i + 1], conf, init=prev if label == "warm" else None)
                 if label == "cold":
@@ -133,6 +138,8 @@ def main() -> None:
     lm.generate(prompts[:1], max_new_tokens=2)
     runs: list[tuple[str, PaCE | None]] = [("unsteered", None), ("pace", pace),
                                            ("pace sync-free", PaCE(d, part, [args.layer], solver=SYNC_FREE))]
+    if not cuda:
+        runs.append(("pace torch kernels", PaCE(d, part, [args.layer], solver=TORCH_KERNELS)))
     gen = {}
     for batch in BATCHES:
         for name, steering in runs:
@@ -155,6 +162,8 @@ def main() -> None:
         "pace_vs_unsteered": {b: gen[f"pace batch {b}"] / gen[f"unsteered batch {b}"] for b in BATCHES},
         "pace_sync_free_vs_unsteered": {b: gen[f"pace sync-free batch {b}"] / gen[f"unsteered batch {b}"]
                                         for b in BATCHES},
+        "pace_torch_kernels_vs_unsteered": {b: gen[f"pace torch kernels batch {b}"] / gen[f"unsteered batch {b}"]
+                                            for b in BATCHES if f"pace torch kernels batch {b}" in gen},
     }
     s = report["solver"]
     lines = [f"# PaCE speed ({lm.name}, {len(d)} concepts, block {args.layer}; {report['device']}, {lm.dtype})", "",
@@ -172,7 +181,9 @@ def main() -> None:
               f"the D'z product alone {single['product only']:.2f}; solve cold {single['cold']:.2f}; "
               f"warm-started from the previous token {single['warm']:.2f} (a token's support shares "
               f"{single['support_overlap']:.0%} with the previous token's)"
-              f"; the sync-free path {single['cold sync-free']:.2f}.", "",
+              f"; the sync-free path {single['cold sync-free']:.2f}"
+              + (f"; every step in torch {single[TORCH_COLD]:.2f}" if TORCH_COLD in single else "")
+              + ".", "",
               f"## Greedy generation, {args.gen_tokens} new tokens, PaCE (positive-sentiment labels) vs unsteered "
               f"(median of {args.repeats})", "", "| batch | unsteered ms/token | PaCE ms/token | ratio |",
               "|---:|---:|---:|---:|"]
@@ -181,6 +192,10 @@ def main() -> None:
     lines += ["", "PaCE with the sync-free solver in the same run: "
               + "; ".join(f"batch {b}: {gen[f'pace sync-free batch {b}']:.1f} ms/token "
                           f"({report['pace_sync_free_vs_unsteered'][b]:.2f}x)" for b in BATCHES) + "."]
+    if report["pace_torch_kernels_vs_unsteered"]:
+        lines += ["", "PaCE with every solver step in torch (no compiled CPU kernels), same run: "
+                  + "; ".join(f"batch {b}: {gen[f'pace torch kernels batch {b}']:.1f} ms/token "
+                              f"({report['pace_torch_kernels_vs_unsteered'][b]:.2f}x)" for b in BATCHES) + "."]
     save_report(args.report, lines, report)
 
 if __name__ == "__main__":

@@ -36,12 +36,17 @@ def _random_problem(d=64, K=600, B=12, seed=0):
     return D, Z / Z.norm(dim=1, keepdim=True)
 
 
-@pytest.mark.parametrize("alpha,tau", [(0.05, 0.95), (0.01, 0.5)])
-def test_solver_matches_sklearn(alpha, tau):
+# "auto" is the compiled CPU path (numba, installed with the pace extra); "torch" the same method in torch.
+KERNELS = ["auto", "torch"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("alpha,tau", [(0.05, 0.95), (0.01, 0.5), (0.05, 1.0)])
+def test_solver_matches_sklearn(alpha, tau, kernel):
     from sklearn.linear_model import ElasticNet as SkElasticNet
 
     D, Z = _random_problem()
-    cfg = ElasticNet(alpha=alpha, tau=tau, tol=1e-6)
+    cfg = ElasticNet(alpha=alpha, tau=tau, tol=1e-6, kernel=kernel)
     C = sparse_code(D, Z, cfg)
     ours = objective(D, Z, C, cfg)
     d = D.shape[0]
@@ -54,9 +59,10 @@ def test_solver_matches_sklearn(alpha, tau):
         assert (C[i] != 0).sum() < 0.5 * D.shape[1]  # genuinely sparse
 
 
-def test_solver_float32_warm_start_and_zero_solution():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_solver_float32_warm_start_and_zero_solution(kernel):
     D, Z = _random_problem(seed=1)
-    cfg = ElasticNet(tol=1e-5)
+    cfg = ElasticNet(tol=1e-5, kernel=kernel)
     C64 = sparse_code(D, Z, cfg)
     C32 = sparse_code(D.float(), Z.float(), cfg)
     assert torch.allclose(objective(D, Z, C32, cfg), objective(D, Z, C64, cfg), rtol=1e-4)
@@ -94,14 +100,15 @@ def _real_problem(smol, B=16):
     return _REAL["D"], Z[torch.randperm(Z.shape[0], generator=g)[:B]]
 
 
-@pytest.mark.parametrize("sync_free", [False, True], ids=["adaptive", "sync-free"])
-@pytest.mark.parametrize("rows", [16, 40])  # adaptive: up to 16 rows exact Newton steps; more: FISTA to tol
-def test_solver_matches_sklearn_on_real_activations(smol, rows, sync_free):
+@pytest.mark.parametrize("solver", [ElasticNet(), ElasticNet(kernel="torch"), ElasticNet(sync_free=True)],
+                         ids=["compiled", "torch", "sync-free"])
+@pytest.mark.parametrize("rows", [1, 16, 40])  # torch: up to 16 rows exact Newton steps; more: FISTA to tol
+def test_solver_matches_sklearn_on_real_activations(smol, rows, solver):
     from sklearn.linear_model import ElasticNet as SkElasticNet
 
     D, Z = _real_problem(smol, B=rows)
     assert Z.shape[0] == rows
-    cfg = ElasticNet(sync_free=sync_free)
+    cfg = solver
     for dtype in (torch.float64, torch.float32):
         C = sparse_code(D.to(dtype), Z.to(dtype), cfg)
         ours = objective(D, Z, C, cfg)
@@ -114,19 +121,56 @@ def test_solver_matches_sklearn_on_real_activations(smol, rows, sync_free):
         assert 5 < float((C != 0).sum(1).float().mean()) < 0.5 * D.shape[1]
 
 
+def test_compiled_solver_survives_duplicate_atoms_and_threads():
+    """Two copies of one atom with no ridge term (tau=1) make the support's system singular: the
+    compiled path must still reach the optimum (by coordinate descent), and calls from several threads
+    at once must give each caller its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    D, Z = _random_problem(seed=4)
+    D = torch.cat([D, D[:, :40]], 1)  # atoms 600..639 repeat atoms 0..39
+    cfg = ElasticNet(tau=1.0, tol=1e-6)
+    ours = objective(D, Z, sparse_code(D, Z, cfg), cfg)
+    ref = objective(D, Z, sparse_code(D, Z, ElasticNet(tau=1.0, tol=1e-6, kernel="torch")), cfg)
+    assert torch.allclose(ours, ref, rtol=1e-6)
+    with ThreadPoolExecutor(4) as pool:
+        rows = list(pool.map(lambda i: sparse_code(D, Z[i: i + 1], cfg), range(Z.shape[0])))
+    assert torch.allclose(objective(D, Z, torch.cat(rows), cfg), ours, rtol=1e-9)
+
+
+def test_kernel_choice(monkeypatch):
+    from steerlab.pace import cpu_kernels
+    from steerlab.pace.solver import correlations
+
+    D, Z = _random_problem(seed=5)
+    Dt = D.T.contiguous()
+    for rows in (1, 3, 12):  # the compiled loop, and torch's product beyond FEW_ROWS
+        assert torch.allclose(correlations(Z[:rows], Dt, ElasticNet()), Z[:rows] @ D, atol=1e-12)
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    with pytest.raises(ValueError, match="pip install 'steerlab\\[pace\\]'"):
+        ElasticNet(kernel="numba")
+    cfg = ElasticNet(tol=1e-6)  # "auto" without numba: the torch path, same optimum
+    assert torch.allclose(objective(D, Z, sparse_code(D, Z, cfg), cfg),
+                          objective(D, Z, sparse_code(D, Z, ElasticNet(tol=1e-6, kernel="torch")), cfg), rtol=1e-9)
+    with pytest.raises(ValueError, match="kernel must be"):
+        ElasticNet(kernel="cuda")
+
+
 @pytest.mark.parametrize("problem", ["random", "real"])
 def test_screening_never_discards_an_atom_the_exact_solution_uses(problem, smol):
     from steerlab.pace.solver import screen
 
     D, Z = _random_problem(K=800, B=16) if problem == "random" else _real_problem(smol)
-    exact_cfg = ElasticNet(tol=1e-6, screen=False)
+    # Screening belongs to the torch path (the compiled CPU path checks every atom with one product).
+    exact_cfg = ElasticNet(tol=1e-6, screen=False, kernel="torch")
     exact = sparse_code(D, Z, exact_cfg)
     used = exact != 0
     assert used.any()
     # Screen from points of every quality: zero, a crude solve, a good one, the optimum itself.
-    crude = sparse_code(D, Z, ElasticNet(tol=0.5, max_inner=20, fista_steps=4, max_newton=1, screen=False))
+    crude = sparse_code(D, Z, ElasticNet(tol=0.5, max_inner=20, fista_steps=4, max_newton=1, screen=False,
+                                         kernel="torch"))
     screened_at_optimum = None
-    for C in (torch.zeros_like(exact), crude, sparse_code(D, Z, ElasticNet(tol=0.05)), exact):
+    for C in (torch.zeros_like(exact), crude, sparse_code(D, Z, ElasticNet(tol=0.05, kernel="torch")), exact):
         R = Z - C @ D.T
         safe = screen(R @ D, Z, R, C, exact_cfg)
         assert not (safe & used).any(), "screening discarded an atom that the exact solution uses"
@@ -134,13 +178,14 @@ def test_screening_never_discards_an_atom_the_exact_solution_uses(problem, smol)
     # Near the optimum the rule is strong: most atoms go (a rule that never screens would pass above).
     assert screened_at_optimum.float().mean() > 0.5
     # And the screened solve equals the unscreened one.
-    on = sparse_code(D, Z, ElasticNet(tol=1e-6, screen=True))
+    on = sparse_code(D, Z, ElasticNet(tol=1e-6, screen=True, kernel="torch"))
     assert torch.allclose(objective(D, Z, on), objective(D, Z, exact), rtol=1e-9)
 
 
-def test_warm_start_from_another_row_still_gives_the_exact_solution():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_warm_start_from_another_row_still_gives_the_exact_solution(kernel):
     D, Z = _random_problem(seed=3)
-    cfg = ElasticNet(tol=1e-6)
+    cfg = ElasticNet(tol=1e-6, kernel=kernel)
     cold = sparse_code(D, Z, cfg)
     wrong_start = sparse_code(D, Z.roll(1, 0), cfg)  # each row started from its neighbour's solution
     warm = sparse_code(D, Z, cfg, init=wrong_start)

@@ -19,7 +19,10 @@ of atoms and the full dictionary is touched only to check the answer:
    a zero coefficient at the optimum; later rounds bring the worst violators into the working set
    and check only the atoms that survived screening.
 
-Everything is batched torch (CPU or GPU), many token activations at once.
+Everything is batched torch (CPU or GPU), many token activations at once. On a CPU with numba
+installed, :mod:`steerlab.pace.cpu_kernels` runs the same method with every per-row step compiled
+(``ElasticNet(kernel="torch")`` keeps the torch path): there the fixed cost of hundreds of small torch
+calls per token was most of the time (benchmarks/pace_speed.py compares the two side by side).
 
 On a GPU the loop above is slow for a few rows: every "is this row done?" is a host-device
 synchronisation, and the small steps are launch-bound (87 ms per token on an H100, against 0.02 ms
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
+from . import cpu_kernels
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,10 @@ class ElasticNet:
     CPU, more than FISTA's tail there), so their inner problems are solved to ``tol`` rather than exactly;
     ``screen``: gap-safe screening of the later rounds' checks. ``sync_free``: the fixed-shape path of the
     module docstring (opt-in; meant for GPUs), with ``fixed_set`` atoms per row, ``fixed_rounds`` rounds and
-    ``fixed_newton`` active-set steps per round after ``fista_steps`` FISTA steps."""
+    ``fixed_newton`` active-set steps per round after ``fista_steps`` FISTA steps. ``kernel``: how the small
+    working-set problems are solved on a CPU: ``"auto"`` (the compiled kernel of
+    :mod:`steerlab.pace.cpu_kernels` when numba is installed, else torch), ``"numba"`` or ``"torch"``; on
+    other devices always torch."""
 
     alpha: float = 0.05
     tau: float = 0.95
@@ -73,12 +80,17 @@ class ElasticNet:
     fixed_set: int = 256
     fixed_rounds: int = 3
     fixed_newton: int = 6
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         if not (self.alpha > 0 and 0 < self.tau <= 1):
             raise InputError(f"Need alpha > 0 and 0 < tau <= 1 (got alpha={self.alpha}, tau={self.tau}).")
         if self.fixed_set < 1 or self.fixed_rounds < 1 or self.fixed_newton < 0:
             raise InputError("Need fixed_set >= 1, fixed_rounds >= 1 and fixed_newton >= 0.")
+        if self.kernel not in ("auto", "numba", "torch"):
+            raise InputError(f"kernel must be 'auto', 'numba' or 'torch', not {self.kernel!r}.")
+        if self.kernel == "numba" and not cpu_kernels.available():
+            raise InputError("kernel='numba' needs numba: pip install 'steerlab[pace]' (or use kernel='auto').")
 
     @property
     def l1(self) -> float:
@@ -172,9 +184,11 @@ def _active_set(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: ElasticN
     if n > cfg.newton_rows:  # many rows: batched small factorisations cost more than FISTA's tail
         return _fista(G, b, c, cfg, tol=cfg.tol * cfg.l1 * 0.1)
     G, b, c = G.double(), b.double(), c.double()
+    G_all, b_all = G, b
     eye = torch.eye(m, dtype=G.dtype, device=G.device).expand(n, m, m)
     Q = G + cfg.l2 * eye
     c = _fista(G, b, c, cfg, tol=0.0, steps=cfg.fista_steps)  # near the support, where Newton is reliable
+    start = c
     out = c.clone()
     live = torch.arange(n, device=G.device)
     prev: torch.Tensor | None = None
@@ -187,9 +201,9 @@ def _active_set(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: ElasticN
             if settled.any():
                 out[live[settled]] = c[settled]
                 keep = ~settled
-                if not keep.any():
-                    return out
                 live, Q, b, s, eye = live[keep], Q[keep], b[keep], s[keep], eye[keep]
+                if not len(live):
+                    break
         act = s != 0
         # Solve on the support only: move each row's support to the front and cut the matrices to
         # the largest support in the batch (padding rows are identity, so they solve to zero).
@@ -208,7 +222,25 @@ def _active_set(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: ElasticN
     if len(live):
         G_live = Q - cfg.l2 * eye
         out[live] = _fista(G_live, b, out[live], cfg, tol=cfg.tol * cfg.l1 * 0.1)
+    # A support whose system is numerically singular (e.g. two copies of one atom with l2 = 0) can
+    # "settle" on a huge solution: keep such rows at FISTA's point and finish them with FISTA.
+    worse = ~(_small_objective(G_all, b_all, out, cfg) <= _small_objective(G_all, b_all, start, cfg) + 1e-12)
+    if bool(worse.any()):
+        out[worse] = _fista(G_all[worse], b_all[worse], start[worse], cfg, tol=cfg.tol * cfg.l1 * 0.1)
     return out
+
+
+def _compiled(X: torch.Tensor, cfg: ElasticNet) -> bool:
+    """Whether the compiled CPU kernels serve this call (``cfg.kernel``, the device, numba)."""
+    return X.device.type == "cpu" and cfg.kernel != "torch" and cpu_kernels.available()
+
+
+def correlations(X: torch.Tensor, Dt: torch.Tensor, cfg: ElasticNet) -> torch.Tensor:
+    """``X @ Dt.T``: every row's correlation with every atom (``Dt`` [K, d]), as the solver computes it
+    (on a CPU with numba, :func:`steerlab.pace.cpu_kernels.with_atoms`)."""
+    if X.dtype == Dt.dtype and _compiled(X, cfg):
+        return torch.from_numpy(cpu_kernels.with_atoms(X.contiguous().numpy(), Dt.contiguous().numpy()))
+    return X @ Dt.T
 
 
 def _violation(corr: torch.Tensor, C: torch.Tensor, cfg: ElasticNet) -> torch.Tensor:
@@ -271,6 +303,8 @@ def sparse_code(
         c0 = None if init is None else init[s: s + chunk].to(D.dtype)
         if cfg.sync_free:
             out.append(_solve_fixed(D, Dt, Z[s: s + chunk], cfg, c0))
+        elif _compiled(Z, cfg):
+            out.append(_solve_compiled(Dt, Z[s: s + chunk], cfg, c0))
         else:
             out.append(_solve_chunk(D, Dt, Z[s: s + chunk], cfg, c0))
     return torch.cat(out) if out else Z.new_zeros(0, D.shape[1])
@@ -281,7 +315,7 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
     n, K = Z.shape[0], D.shape[1]
     C = Z.new_zeros(n, K)
     gate = cfg.tol * cfg.l1
-    corr = Z @ D  # [n, K]: the one product every row needs
+    corr = correlations(Z, Dt, cfg)  # [n, K]: the one product every row needs
     # First working set: the warm start's support first, then the most correlated atoms.
     score = corr.abs()
     if C0 is not None:
@@ -291,6 +325,10 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
     c_ws = C0.gather(1, idx) if C0 is not None else Z.new_zeros(n, m)
     todo = torch.arange(n, device=Z.device)
     alive: torch.Tensor | None = None  # [t, K]: atoms that survived screening (None: not screened yet)
+    # The residual and correlations of the last full check. An atom's correlation moves by at most the
+    # residual's change since then (unit atoms, Cauchy-Schwarz), so an atom with
+    # |corr_ref| + ||R - R_ref|| <= l1 + gate cannot violate anything and need not be checked.
+    R_ref, corr_ref = Z, corr
     for _ in range(cfg.max_outer):
         A = Dt[idx]  # [t, m, d]
         # The Gram of the working set (m^2 d per row) in D's dtype; Newton steps convert to float64.
@@ -301,21 +339,29 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
         Ct[rows, idx] = c_ws
         C[todo] = Ct
         R = Z[todo] - torch.bmm(c_ws[:, None, :], A)[:, 0]  # C is zero outside the working set
-        if alive is None or int(alive.sum()) > alive.numel() // 16:
-            corr_t = R @ D  # the full check
+        shift = (R - R_ref).norm(dim=-1, keepdim=True) * (1 + 1e-5) + 1e-6  # margin for rounding
+        cand = corr_ref.abs() + shift > cfg.l1 + gate
+        cand[rows, idx] = True  # the working set: the support's conditions are checked too
+        if alive is not None:
+            cand &= alive
+        cols = cand.any(0).nonzero().flatten()
+        if len(cols) > K // 8:
+            corr_t = correlations(R, Dt, cfg)  # the full check
+            R_ref, corr_ref = R, corr_t
             if cfg.screen:
                 safe = screen(corr_t, Z[todo], R, Ct, cfg) & (Ct == 0)
                 alive = ~safe if alive is None else alive & ~safe
+            viol = _violation(corr_t, Ct, cfg)
         else:
-            # Only atoms that survived screening can violate anything: check just those.
-            corr_t = torch.zeros_like(Ct)
-            a_row, a_col = alive.nonzero(as_tuple=True)
-            corr_t[a_row, a_col] = (R[a_row] * Dt[a_col]).sum(-1)
-        viol = _violation(corr_t, Ct, cfg)
+            # Only the candidates (within reach of the bound, not screened) can violate: check just those.
+            viol = torch.zeros_like(Ct)
+            part = _violation(correlations(R, Dt[cols], cfg), Ct[:, cols], cfg)
+            viol[:, cols] = torch.where(cand[:, cols], part, 0.0)
         bad = viol.amax(-1) > gate
         if not bad.any():
             return C
         todo, viol, Ct, c_ws = todo[bad], viol[bad], Ct[bad], c_ws[bad]
+        R_ref, corr_ref = R_ref[bad], corr_ref[bad]
         if alive is not None:
             alive = alive[bad]
         n_viol = int((viol > gate).sum(-1).max())
@@ -326,12 +372,25 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
         score = torch.where(Ct != 0, torch.full_like(viol, float("inf")), viol)
         idx = score.topk(m, dim=-1).indices
         c_ws = Ct.gather(1, idx)
-    R = Z - C @ D.T
-    worst = float(_violation(R @ D, C, cfg).max())
-    if worst > gate:
-        warnings.warn(f"sparse_code: stopped after max_outer={cfg.max_outer} rounds with an optimality violation "
-                      f"of {worst:.2e} (target {gate:.2e}); raise max_outer or loosen tol.", stacklevel=3)
+    _warn_unfinished(D, Z, C, cfg)
     return C
+
+
+def _solve_compiled(Dt: torch.Tensor, Z: torch.Tensor, cfg: ElasticNet, C0: torch.Tensor | None) -> torch.Tensor:
+    """The same method with every per-row step compiled for the CPU (:func:`steerlab.pace.cpu_kernels.sparse_code`)."""
+    C, converged = cpu_kernels.sparse_code(Dt.numpy(), Z.contiguous().numpy(), None if C0 is None else C0.numpy(),
+                                           cfg.l1, cfg.l2, cfg.tol * cfg.l1, cfg.working_set, cfg.max_outer)
+    out = torch.from_numpy(C)
+    if not converged:
+        _warn_unfinished(Dt.T, Z, out, cfg)
+    return out
+
+
+def _warn_unfinished(D: torch.Tensor, Z: torch.Tensor, C: torch.Tensor, cfg: ElasticNet) -> None:
+    worst = float(_violation((Z - C @ D.T) @ D, C, cfg).max())
+    if worst > cfg.tol * cfg.l1:
+        warnings.warn(f"sparse_code: stopped after max_outer={cfg.max_outer} rounds with an optimality violation "
+                      f"of {worst:.2e} (target {cfg.tol * cfg.l1:.2e}); raise max_outer or loosen tol.", stacklevel=4)
 
 
 def kkt_violation(D: torch.Tensor, Z: torch.Tensor, C: torch.Tensor, cfg: ElasticNet = ElasticNet()) -> torch.Tensor:
