@@ -1,0 +1,227 @@
+"""The numba-compiled functions behind :mod:`steerlab.pace.cpu_kernels` (imported only when numba is
+installed). They live at module level so that numba's on-disk cache can keep them between processes:
+compiled inside a function, they were compiled again in every process (~10 s).
+"""
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def sweep(G, b, c, q, l1, l2, active_only):
+    """One coordinate-descent sweep; ``q = G c`` is kept current. Returns the largest change of a
+    coefficient times its curvature (how far the objective can still move), and whether an atom
+    joined the support."""
+    m = b.shape[0]
+    biggest = 0.0
+    grew = False
+    for j in range(m):
+        cj = c[j]
+        if active_only and cj == 0.0:
+            continue
+        gjj = G[j, j]
+        r = b[j] - q[j] + gjj * cj  # the correlation with c_j taken out
+        if r > l1:
+            new = (r - l1) / (gjj + l2)
+        elif r < -l1:
+            new = (r + l1) / (gjj + l2)
+        else:
+            new = 0.0
+        delta = new - cj
+        if delta != 0.0:
+            if cj == 0.0:
+                grew = True
+            c[j] = new
+            for i in range(m):
+                q[i] += delta * G[j, i]
+            step = abs(delta) * (gjj + l2)
+            if step > biggest:
+                biggest = step
+    return biggest, grew
+
+@numba.njit(cache=True, nogil=True)
+def cholesky_solve(Q, rhs):
+    """Solve ``Q x = rhs`` for a symmetric positive definite ``Q`` (overwritten with its Cholesky
+    factor); an empty array when ``Q`` is not numerically positive definite. Written out rather
+    than numpy.linalg, which numba serves only through SciPy's LAPACK."""
+    k = Q.shape[0]
+    for j in range(k):
+        s = Q[j, j]
+        for p in range(j):
+            s -= Q[j, p] * Q[j, p]
+        if s <= 1e-12 * (1.0 + abs(Q[j, j])):
+            return np.empty(0)
+        Q[j, j] = np.sqrt(s)
+        for i in range(j + 1, k):
+            s = Q[i, j]
+            for p in range(j):
+                s -= Q[i, p] * Q[j, p]
+            Q[i, j] = s / Q[j, j]
+    x = rhs.copy()
+    for i in range(k):  # L y = rhs
+        s = x[i]
+        for p in range(i):
+            s -= Q[i, p] * x[p]
+        x[i] = s / Q[i, i]
+    for i in range(k - 1, -1, -1):  # L' x = y
+        s = x[i]
+        for p in range(i + 1, k):
+            s -= Q[p, i] * x[p]
+        x[i] = s / Q[i, i]
+    return x
+
+@numba.njit(cache=True, nogil=True)
+def newton(G, b, c, l1, l2, slack):
+    """The exact solution for ``c``'s support and signs, if it is optimal; else an empty array."""
+    m = b.shape[0]
+    support = np.nonzero(c)[0]
+    k = support.shape[0]
+    x = np.zeros(m)
+    if k > 0:
+        Q = np.empty((k, k))
+        rhs = np.empty(k)
+        for a in range(k):
+            ia = support[a]
+            for e in range(k):
+                Q[a, e] = G[ia, support[e]]
+            Q[a, a] += l2
+            rhs[a] = b[ia] - (l1 if c[ia] > 0 else -l1)
+        sol = cholesky_solve(Q, rhs)
+        if sol.shape[0] == 0:  # singular support (duplicate atoms with l2 = 0): keep coordinate descent
+            return sol
+        for a in range(k):
+            if sol[a] * c[support[a]] <= 0.0:  # a sign flipped: this support is not the optimum's
+                return np.empty(0)
+            x[support[a]] = sol[a]
+    # Atoms off the support must not want to enter: |b_j - (G x)_j| <= l1.
+    for j in range(m):
+        if x[j] == 0.0:
+            g = b[j]
+            for a in range(k):
+                g -= G[j, support[a]] * x[support[a]]
+            if abs(g) > l1 * (1.0 + slack):
+                return np.empty(0)
+    return x
+
+@numba.njit(cache=True, nogil=True)
+def solve_one(G, b, c, l1, l2, max_sweeps):
+    q = np.zeros(b.shape[0])  # G c, written out (numba's matrix products need SciPy)
+    for j in range(b.shape[0]):
+        if c[j] != 0.0:
+            for i in range(b.shape[0]):
+                q[i] += G[j, i] * c[j]
+    sweeps = 0
+    # Coordinate descent only has to find the support and signs; the Newton step then gives the
+    # exact optimum. So it stops early (``thr``) and is tightened only when the step is refused.
+    thr = 1e-3 * l1
+    while sweeps < max_sweeps:
+        # Full sweeps find the support; sweeps over it alone then converge on it cheaply.
+        big, grew = sweep(G, b, c, q, l1, l2, False)
+        sweeps += 1
+        if grew and big > thr:
+            continue
+        for _ in range(16):
+            if big < thr:
+                break
+            big, _ = sweep(G, b, c, q, l1, l2, True)
+            sweeps += 1
+        x = newton(G, b, c, l1, l2, 1e-9)
+        if x.shape[0] > 0:
+            c[:] = x
+            return sweeps
+        if big < 1e-13 * l1:  # converged without an exact support (degenerate); keep the CD point
+            return sweeps
+        thr = max(thr * 0.1, 1e-13 * l1)
+    return sweeps
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def rows_with_atoms(Dt, X, out):
+    for k in numba.prange(Dt.shape[0]):  # atoms in parallel: each thread streams its share of D once
+        for r in range(X.shape[0]):
+            s = Dt[0, 0] * 0  # accumulate in D's dtype, as BLAS does (float32 vectorises twice as wide)
+            for i in range(Dt.shape[1]):
+                s += Dt[k, i] * X[r, i]
+            out[r, k] = s
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def solve_round(Dt, Z, corr, live, ws, pos, m_old, m_new, G, c, R, l1, l2, max_sweeps):
+    """For each live row: extend the Gram of its working set by the atoms added since the last
+    round (rows ``m_old..m_new`` of ``G``; the rows before are kept, not recomputed), solve its small
+    problem from the current coefficients, write its residual ``z - D c``, and drop the atoms that
+    ended at zero from the working set (the next round adds violators after those that stay)."""
+    d = Dt.shape[1]
+    for t in numba.prange(live.shape[0]):
+        i = live[t]
+        w = ws[i]
+        m = m_new[i]
+        A = np.empty((m, d), dtype=Dt.dtype)  # the working set's atoms, gathered: contiguous loads
+        for a in range(m):
+            A[a] = Dt[w[a]]
+        for a in range(m_old[i], m):
+            for e in range(a + 1):
+                acc = Dt[0, 0] * 0  # in D's dtype, as a BLAS product would (vectorises in float32)
+                for k in range(d):
+                    acc += A[a, k] * A[e, k]
+                G[t, a, e] = acc
+                G[t, e, a] = acc
+        b = np.empty(m)
+        keep_at = np.empty(m, dtype=np.int64)
+        for a in range(m):
+            b[a] = corr[i, w[a]]
+        solve_one(G[t, :m, :m], b, c[i, :m], l1, l2, max_sweeps)
+        for k in range(d):
+            R[t, k] = Z[i, k]
+        kept = 0
+        for a in range(m):
+            if c[i, a] != 0.0:
+                for k in range(d):
+                    R[t, k] -= c[i, a] * A[a, k]
+                w[kept] = w[a]
+                c[i, kept] = c[i, a]
+                keep_at[kept] = a
+                kept += 1
+            else:
+                pos[i, w[a]] = -1
+        for a in range(kept):
+            pos[i, w[a]] = a
+            # Compact the Gram in place: entry (a, e) comes from (keep_at[a], keep_at[e]), both at or
+            # after it in row-major order, so nothing is read after being overwritten.
+            for e in range(kept):
+                G[t, a, e] = G[t, keep_at[a], keep_at[e]]
+        m_old[i] = kept
+        m_new[i] = kept
+
+@numba.njit(cache=True, parallel=True)
+def check_round(corr_t, live, ws, pos, m_new, l1, gate, add_min, done):
+    """For each live row, from its residual's correlations ``corr_t``: the optimality violation
+    ``|corr_j| - l1`` of every atom outside the working set (those inside were just solved exactly,
+    and re-checking them would only measure float32 rounding); a row with none above ``gate`` is
+    done, the others append their worst violators (up to max(the working set's size, ``add_min``))."""
+    for t in numba.prange(live.shape[0]):
+        i = live[t]
+        K = corr_t.shape[1]
+        m = m_new[i]
+        viol = np.empty(K)
+        n_bad = 0
+        for j in range(K):
+            v = abs(corr_t[t, j]) - l1 if pos[i, j] < 0 else 0.0
+            viol[j] = v
+            if v > gate:
+                n_bad += 1
+        if n_bad == 0:
+            done[t] = True
+            continue
+        bad = np.empty(n_bad, dtype=np.int64)
+        n = 0
+        for j in range(K):
+            if viol[j] > gate:
+                bad[n] = j
+                n += 1
+        n_add = min(n_bad, max(m, add_min), ws.shape[1] - m)
+        order = np.argsort(-viol[bad])[:n_add]  # the worst first
+        for a in range(n_add):
+            j = bad[order[a]]
+            ws[i, m] = j
+            pos[i, j] = m
+            m += 1
+        m_new[i] = m
