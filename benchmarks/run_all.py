@@ -30,6 +30,7 @@ from common import RESULTS, ROOT, machine, machine_line, paired_change
 PAGE = ROOT / "benchmarks" / "RESULTS.md"
 RUNS = RESULTS / "runs.json"
 DICTIONARY = ROOT / "steerlab-out" / "bench" / "smollm2-10k.safetensors"
+NO_FOOD_3 = ROOT / "steerlab-out" / "bench" / "smollm2-135m-10000-L10-15-20.safetensors"  # pace_effect.py's own build
 STEERLAB = str(Path(sys.executable).with_name("steerlab"))
 
 
@@ -88,6 +89,20 @@ BENCHMARKS = [
                                   "--subtraction-scales", "0.05,0.03"],
           ["pace-effect-smollm2-135m-no-food"], 25,
           "concept removal measured directly: food prompts, food concepts removed, topic score and word rate"),
+    Bench("pace-effect-no-food-3-blocks", ["pace_effect.py", "--model", "smollm2-135m", "--concepts", "10000",
+                                           "--layers", "10,15,20", "--task", "no-food", "--max-new-tokens", "32",
+                                           "--methods", "unsteered", "pace", "pace-positive", "subtraction",
+                                           "--subtraction-scales", "0.05"],
+          ["pace-effect-smollm2-135m-no-food-L10-15-20"], 16,
+          "the same with every method at blocks 10, 15 and 20 (builds that dictionary once, ~12 min)"),
+    Bench("pace-eval-no-food-llm", ["steerlab", "pace", "eval", "--dictionary", str(NO_FOOD_3.relative_to(ROOT)),
+                                    "--task", "no-food", "--partitioner", "llm", "--judge", "qwen2.5-coder-1.5b",
+                                    "--shortlist", "600", "--layers", "10,15,20", "--methods", "unsteered", "pace",
+                                    "pace-positive", "--max-new-tokens", "32", "--out",
+                                    "benchmarks/results/pace-no-food-llm-partition"],
+          ["pace-no-food-llm-partition/pace-no-food"], 8,
+          "the 3-block no-food run with the language-model partitioner (1.5B judge, 600-concept shortlist)",
+          [str(NO_FOOD_3)]),
     Bench("read-position", ["read_position.py"], ["read-position-smollm2-135m-sentiment"], 10,
           "text-pair CAA read at the last, first, mean or first differing answer token; held-out p(matching)"),
     Bench("pace-eval-detox", ["steerlab", "pace", "eval", "--dictionary", str(DICTIONARY.relative_to(ROOT)),

@@ -373,6 +373,37 @@ def test_llm_partitioner_shared_prefix_equals_full_prompts_and_cache_is_keyed(fa
     assert len(list((tmp_path / "pace-partitions").glob("*-llm-*.pt"))) == 5
 
 
+def test_llm_partitioner_shortlist_asks_only_the_embedding_top(tmp_path, monkeypatch):
+    from steerlab.pace.llm_partition import LLMPartitioner
+    from steerlab.pace.partition import EmbeddingPartitioner, get_task
+
+    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path))
+    lm = tiny_model("llama")
+    lm.model.config.max_position_embeddings = 1024
+    counter = _Counting(lm)
+    words = ["love", "hate", "rain", "fox", "idiot", "cake", "stupid", "model"]
+    d = ConceptDictionary(words, {0: torch.eye(len(words), 16)}, "synthetic", 16)
+    full = LLMPartitioner(lm).scores(words, "detox")
+    short = LLMPartitioner(lm, shortlist=3).partition(d, "detox")
+    bad, good = EmbeddingPartitioner().scores(words, get_task("detox"))
+    top = set((bad - good).argsort(descending=True)[:3].tolist())
+    asked = {i for i, x in enumerate(short.scores.tolist()) if x != float("-inf")}
+    assert asked == top and {words[i] for i in top} >= {"idiot"}  # the embedding ranks the insult high
+    for i in range(len(words)):
+        if i in top:
+            assert abs(float(short.scores[i]) - float(full[i])) < 1e-4
+        else:
+            assert not short.undesirable[i]
+    calls = counter.calls
+    again = LLMPartitioner(lm, shortlist=3).partition(d, "detox")  # cached under its own key
+    assert counter.calls == calls and torch.equal(again.scores, short.scores)
+    assert len(list((tmp_path / "pace-partitions").glob("*-llm-*.pt"))) == 1
+    LLMPartitioner(lm, shortlist=4).partition(d, "detox")
+    assert counter.calls > calls
+    with pytest.raises(ValueError, match="shortlist must be"):
+        LLMPartitioner(lm, shortlist=0)
+
+
 def test_agreement_with_hand_labels():
     from steerlab.pace.agreement import agreement, hand_labels
 

@@ -17,8 +17,8 @@ def _partition(args, dictionary):
     if getattr(args, "partitioner", "embedding") == "llm":
         from ..pace.llm_partition import LLMPartitioner
 
-        return LLMPartitioner(args.judge, threshold=args.llm_threshold).partition(dictionary, args.task,
-                                                                                  progress=True)
+        return LLMPartitioner(args.judge, threshold=args.llm_threshold, shortlist=args.shortlist or None
+                              ).partition(dictionary, args.task, progress=True)
     return EmbeddingPartitioner(threshold=args.threshold, margin=args.margin).partition(dictionary, args.task)
 
 
@@ -161,6 +161,9 @@ def add_parsers(sub) -> None:
         p.add_argument("--judge", default="qwen2.5-coder-0.5b", help="the model --partitioner llm asks")
         p.add_argument("--llm-threshold", type=float, default=0.0,
                        help="--partitioner llm: undesirable when log p(Yes) - log p(No) exceeds this")
+        p.add_argument("--shortlist", type=int, default=0,
+                       help="--partitioner llm: ask only the N concepts the embedding partitioner ranks most "
+                            "undesirable (the rest are desirable); 0 asks every concept")
 
     p = psub.add_parser("label", help="label the dictionary's concepts benign/undesirable for a task")
     p.add_argument("--dictionary", required=True)

@@ -48,6 +48,8 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
               ("meadow", "No")),
     "positive-sentiment": (("gloomy", "Yes"), ("teacup", "No"), ("furious", "Yes"), ("delighted", "No"),
                            ("heartbroken", "Yes"), ("meadow", "No")),
+    "no-food": (("pancake", "Yes"), ("hammer", "No"), ("barbecue", "Yes"), ("meadow", "No"), ("espresso", "Yes"),
+                ("violin", "No")),
 }
 DEFAULT_EXAMPLES = (("teacup", "No"), ("meadow", "No"))
 
@@ -73,14 +75,23 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
 
 class LLMPartitioner:
     """Labels concepts by asking ``model`` (a loaded :class:`~steerlab.SteerModel` or a name for
-    :func:`steerlab.load_model`; default Qwen2.5-Coder-0.5B-Instruct, offline)."""
+    :func:`steerlab.load_model`; default Qwen2.5-Coder-0.5B-Instruct, offline).
+
+    ``shortlist``: ask only the ``shortlist`` concepts that the embedding partitioner ranks most
+    undesirable and label every other one desirable (score ``-inf``). Asking costs ~0.5 s a concept
+    for a 1.5B judge on 2 CPU cores (10,000 concepts: ~1.4 h); the embedding ranking is cheap and
+    ranks well (ROC AUC 0.93-0.96 against the hand labels, docs/RESULTS.md), so a shortlist a few
+    times the expected number of undesirable concepts keeps nearly all of them for the judge."""
 
     def __init__(self, model: SteerModel | str = "qwen2.5-coder-0.5b", *, threshold: float = 0.0,
-                 batch_size: int = 64, cache: bool = True) -> None:
+                 batch_size: int = 64, cache: bool = True, shortlist: int | None = None) -> None:
+        if shortlist is not None and shortlist < 1:
+            raise InputError(f"shortlist must be a positive number of concepts, not {shortlist}.")
         self._model = model
         self.threshold = threshold
         self.batch_size = batch_size
         self.cache = cache
+        self.shortlist = shortlist
 
     @property
     def lm(self) -> SteerModel:
@@ -159,6 +170,8 @@ class LLMPartitioner:
     def _cache_path(self, dictionary: ConceptDictionary, task: Task) -> Path:
         key = {"partitioner": "llm", "model": self._model_key(), "prompt": PROMPT_VERSION,
                "task": [task.name, task.description, list(EXAMPLES.get(task.name, DEFAULT_EXAMPLES))]}
+        if self.shortlist is not None:  # which concepts were asked depends on the embedding ranking too
+            key["shortlist"] = [self.shortlist, "all-MiniLM-L6-v2", task.undesirable, task.benign]
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         return cache_dir() / "pace-partitions" / f"{dictionary.fingerprint}-llm-{digest}.pt"
 
@@ -171,10 +184,23 @@ class LLMPartitioner:
             if saved.get("concepts") == list(dictionary.concepts):
                 scores = saved["scores"]
         if scores is None:
-            scores = self.scores(dictionary.concepts, task, progress=progress)
+            scores = self._ask(dictionary, task, progress)
             if self.cache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 record = {"concepts": list(dictionary.concepts), "scores": scores}
                 atomic_write(path, lambda tmp: torch.save(record, tmp))
+        short = "" if self.shortlist is None else f", shortlist={self.shortlist}"
         return Partition(task.name, list(dictionary.concepts), scores > self.threshold, scores,
-                         f"llm(model={self.model_name}, threshold={self.threshold})")
+                         f"llm(model={self.model_name}, threshold={self.threshold}{short})")
+
+    def _ask(self, dictionary: ConceptDictionary, task: Task, progress: bool | None) -> torch.Tensor:
+        """Every concept's score: asked, or ``-inf`` outside the shortlist."""
+        if self.shortlist is None or self.shortlist >= len(dictionary):
+            return self.scores(dictionary.concepts, task, progress=progress)
+        from .partition import EmbeddingPartitioner
+
+        bad, good = EmbeddingPartitioner(cache=False).scores(dictionary.concepts, task)
+        asked = (bad - good).argsort(descending=True, stable=True)[: self.shortlist]
+        scores = torch.full((len(dictionary),), float("-inf"))
+        scores[asked] = self.scores([dictionary.concepts[i] for i in asked.tolist()], task, progress=progress)
+        return scores
