@@ -404,6 +404,22 @@ def test_llm_partitioner_shortlist_asks_only_the_embedding_top(tmp_path, monkeyp
         LLMPartitioner(lm, shortlist=0)
 
 
+def test_llm_partitioner_task_question_is_asked_and_keys_the_cache():
+    from steerlab.pace.llm_partition import LLMPartitioner, _messages
+    from steerlab.pace.partition import Task, get_task
+
+    plain = Task("edible", ("food",), (), "The goal: no food.")
+    asked = Task("edible", ("food",), (), "The goal: no food.", question='Is "{concept}" edible?')
+    msgs = _messages(asked, "cake")
+    assert msgs[-1]["content"] == 'Is "cake" edible?'
+    assert all("Does it go against the goal" not in m["content"] for m in msgs)  # worked answers too
+    assert 'Is "cake"' not in _messages(plain, "cake")[-1]["content"]
+    assert "food or a drink" in _messages(get_task("no-food"), "cake")[-1]["content"]
+    d = ConceptDictionary(["cake", "fox"], {0: torch.eye(2, 16)}, "synthetic", 16)
+    judge = LLMPartitioner(tiny_model("llama"))
+    assert judge._cache_path(d, plain) != judge._cache_path(d, asked)
+
+
 def test_agreement_with_hand_labels():
     from steerlab.pace.agreement import agreement, hand_labels
 

@@ -56,9 +56,10 @@ DEFAULT_EXAMPLES = (("teacup", "No"), ("meadow", "No"))
 
 def _messages(task: Task, concept: str) -> list[dict[str, str]]:
     msgs = [{"role": "system", "content": INSTRUCTION.format(description=task.description or task.name)}]
+    question = task.question or QUESTION
     for word, answer in EXAMPLES.get(task.name, DEFAULT_EXAMPLES):
-        msgs += [{"role": "user", "content": QUESTION.format(concept=word)}, {"role": "assistant", "content": answer}]
-    msgs.append({"role": "user", "content": QUESTION.format(concept=concept)})
+        msgs += [{"role": "user", "content": question.format(concept=word)}, {"role": "assistant", "content": answer}]
+    msgs.append({"role": "user", "content": question.format(concept=concept)})
     return msgs
 
 
@@ -170,6 +171,8 @@ class LLMPartitioner:
     def _cache_path(self, dictionary: ConceptDictionary, task: Task) -> Path:
         key = {"partitioner": "llm", "model": self._model_key(), "prompt": PROMPT_VERSION,
                "task": [task.name, task.description, list(EXAMPLES.get(task.name, DEFAULT_EXAMPLES))]}
+        if task.question:
+            key["question"] = task.question
         if self.shortlist is not None:  # which concepts were asked depends on the embedding ranking too
             key["shortlist"] = [self.shortlist, "all-MiniLM-L6-v2", task.undesirable, task.benign]
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -37,13 +37,17 @@ class Task:
     """An alignment task: what to remove (``undesirable`` anchors) and what to keep (``benign``); the
     ``description`` is what the language-model partitioner is told the goal is; ``scorer`` how
     ``steerlab pace eval`` scores outputs (``profanity``, ``vader`` or ``topic``: similarity to the
-    undesirable anchors, see :func:`steerlab.pace.evaluation.task_scores`)."""
+    undesirable anchors, see :func:`steerlab.pace.evaluation.task_scores`); ``question``: what the
+    language-model partitioner asks about each concept (``{concept}`` is filled in; "Yes" means
+    undesirable), when the default, whether the word goes against the goal, is too abstract for a
+    small judge (docs/RESULTS.md: on ``no-food`` a 1.5B judge answered it as "is this word bad?")."""
 
     name: str
     undesirable: tuple[str, ...]
     benign: tuple[str, ...] = ()
     description: str = ""
     scorer: str = "topic"
+    question: str = ""
 
 
 TASKS = {
@@ -76,6 +80,7 @@ TASKS = {
         ("place", "time", "number", "work", "family", "weather", "travel", "music", "sport", "science",
          "feeling", "house", "clothing", "animal", "plant"),
         "The goal: replies that do not talk about food, drink, cooking or eating.",
+        question='Word: "{concept}". Is it a food or a drink, or about cooking or eating?',
     ),
 }
 
