@@ -154,6 +154,9 @@ def test_kernel_choice(monkeypatch):
                           objective(D, Z, sparse_code(D, Z, ElasticNet(tol=1e-6, kernel="torch")), cfg), rtol=1e-9)
     with pytest.raises(ValueError, match="kernel must be"):
         ElasticNet(kernel="cuda")
+    # numpy has no bfloat16: such a dictionary is solved by the torch path, not refused.
+    C = sparse_code(D.bfloat16(), Z.bfloat16(), ElasticNet(tol=0.5))  # bfloat16 cannot reach a tight tol
+    assert C.dtype == torch.bfloat16 and (C != 0).any()
 
 
 @pytest.mark.parametrize("problem", ["random", "real"])

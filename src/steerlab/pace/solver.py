@@ -231,8 +231,9 @@ def _active_set(G: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: ElasticN
 
 
 def _compiled(X: torch.Tensor, cfg: ElasticNet) -> bool:
-    """Whether the compiled CPU kernels serve this call (``cfg.kernel``, the device, numba)."""
-    return X.device.type == "cpu" and cfg.kernel != "torch" and cpu_kernels.available()
+    """Whether the compiled CPU kernels serve this call (``cfg.kernel``, the device, the dtype, numba)."""
+    return (X.device.type == "cpu" and X.dtype in (torch.float32, torch.float64) and cfg.kernel != "torch"
+            and cpu_kernels.available())
 
 
 def correlations(X: torch.Tensor, Dt: torch.Tensor, cfg: ElasticNet) -> torch.Tensor:
