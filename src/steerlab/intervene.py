@@ -220,7 +220,10 @@ def install_position_tracker(model: nn.Module, blocks_path: str, state: _Forward
             raise RuntimeError("steerlab: the model was called without input_ids or inputs_embeds.")
         batch, cur = ref.shape[0], ref.shape[1]
         mask = bound.get("attention_mask")
-        past = _past_length(bound.get("past_key_values"), bound.get("cache_position"))
+        # transformers 5.24 renamed the model's cache argument from past_key_values to cache (and dropped
+        # cache_position): without it every decoding step looked like a fresh prompt.
+        cache = bound.get("past_key_values")
+        past = _past_length(bound.get("cache") if cache is None else cache, bound.get("cache_position"))
         if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[1] >= cur:
             state.positions, state.valid = positions_from_mask(mask, cur)
         else:
