@@ -316,7 +316,7 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
     n, K = Z.shape[0], D.shape[1]
     C = Z.new_zeros(n, K)
     gate = cfg.tol * cfg.l1
-    corr = correlations(Z, Dt, cfg)  # [n, K]: the one product every row needs
+    corr = Z @ D  # [n, K]: the one product every row needs
     # First working set: the warm start's support first, then the most correlated atoms.
     score = corr.abs()
     if C0 is not None:
@@ -326,10 +326,6 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
     c_ws = C0.gather(1, idx) if C0 is not None else Z.new_zeros(n, m)
     todo = torch.arange(n, device=Z.device)
     alive: torch.Tensor | None = None  # [t, K]: atoms that survived screening (None: not screened yet)
-    # The residual and correlations of the last full check. An atom's correlation moves by at most the
-    # residual's change since then (unit atoms, Cauchy-Schwarz), so an atom with
-    # |corr_ref| + ||R - R_ref|| <= l1 + gate cannot violate anything and need not be checked.
-    R_ref, corr_ref = Z, corr
     for _ in range(cfg.max_outer):
         A = Dt[idx]  # [t, m, d]
         # The Gram of the working set (m^2 d per row) in D's dtype; Newton steps convert to float64.
@@ -340,29 +336,21 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
         Ct[rows, idx] = c_ws
         C[todo] = Ct
         R = Z[todo] - torch.bmm(c_ws[:, None, :], A)[:, 0]  # C is zero outside the working set
-        shift = (R - R_ref).norm(dim=-1, keepdim=True) * (1 + 1e-5) + 1e-6  # margin for rounding
-        cand = corr_ref.abs() + shift > cfg.l1 + gate
-        cand[rows, idx] = True  # the working set: the support's conditions are checked too
-        if alive is not None:
-            cand &= alive
-        cols = cand.any(0).nonzero().flatten()
-        if len(cols) > K // 8:
-            corr_t = correlations(R, Dt, cfg)  # the full check
-            R_ref, corr_ref = R, corr_t
+        if alive is None or int(alive.sum()) > alive.numel() // 16:
+            corr_t = R @ D  # the full check
             if cfg.screen:
                 safe = screen(corr_t, Z[todo], R, Ct, cfg) & (Ct == 0)
                 alive = ~safe if alive is None else alive & ~safe
-            viol = _violation(corr_t, Ct, cfg)
         else:
-            # Only the candidates (within reach of the bound, not screened) can violate: check just those.
-            viol = torch.zeros_like(Ct)
-            part = _violation(correlations(R, Dt[cols], cfg), Ct[:, cols], cfg)
-            viol[:, cols] = torch.where(cand[:, cols], part, 0.0)
+            # Only atoms that survived screening can violate anything: check just those.
+            corr_t = torch.zeros_like(Ct)
+            a_row, a_col = alive.nonzero(as_tuple=True)
+            corr_t[a_row, a_col] = (R[a_row] * Dt[a_col]).sum(-1)
+        viol = _violation(corr_t, Ct, cfg)
         bad = viol.amax(-1) > gate
         if not bad.any():
             return C
         todo, viol, Ct, c_ws = todo[bad], viol[bad], Ct[bad], c_ws[bad]
-        R_ref, corr_ref = R_ref[bad], corr_ref[bad]
         if alive is not None:
             alive = alive[bad]
         n_viol = int((viol > gate).sum(-1).max())
