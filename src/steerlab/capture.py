@@ -229,7 +229,7 @@ def capture_contrast(lm: SteerModel, first: Sequence[Sequence[int]], second: Seq
         ids, mask = pad_ids([first[i][: shared[i]] for i in chunk], pad, "left", lm.device)
         cache = DynamicCache(config=lm.model.config)
         inputs = lm.forward_inputs(ids, mask)
-        _forward_reading(lm, layer_list, "output", {**inputs, "use_cache": True, "past_key_values": cache},
+        _forward_reading(lm, layer_list, "output", {**inputs, "use_cache": True, lm.cache_argument: cache},
                          torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), True, out_dtype)
         # Pass 2: each cached prefix row is repeated twice, [p0, p0, p1, p1, ...], to line up with the
         # rows [first_0 suffix, second_0 suffix, first_1 suffix, ...]; the suffixes are right-padded and

@@ -177,10 +177,21 @@ class SteerModel:
         the cached tokens, ``attention_mask`` [B, T] the new ones (right padding), with position ids
         counted over real tokens across both."""
         full = torch.cat([past_mask.to(attention_mask.dtype), attention_mask], 1)
-        inputs = {"input_ids": input_ids, "attention_mask": full, "past_key_values": cache, "use_cache": True}
+        inputs = {"input_ids": input_ids, "attention_mask": full, self.cache_argument: cache, "use_cache": True}
         if self._accepts_position_ids:
             inputs["position_ids"] = (full.long().cumsum(-1) - 1)[:, past_mask.shape[1]:]
         return inputs
+
+    @functools.cached_property
+    def cache_argument(self) -> str:
+        """The name the model's forward takes a KV cache under: ``cache`` from transformers 5.24,
+        ``past_key_values`` before (5.24 still reads it, with a warning, until 5.40)."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def returned_cache(self, output) -> Any:
+        """The KV cache a forward pass with ``use_cache=True`` returned (``output.cache`` from 5.24)."""
+        cache = getattr(output, "cache", None)
+        return cache if cache is not None else output.past_key_values
 
     @functools.cached_property
     def _accepts_position_ids(self) -> bool:

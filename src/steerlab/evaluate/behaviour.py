@@ -135,7 +135,7 @@ def _score_item(lm: SteerModel, pair: ContrastivePair, vector: SteeringVector | 
     ivs = _interventions(vector, variants, 2, item.prefix)
     if share_prefix:
         prefix = torch.tensor([item.ids[0][: item.prefix]], device=lm.device)
-        cache = lm.model(input_ids=prefix, use_cache=True).past_key_values
+        cache = lm.returned_cache(lm.model(input_ids=prefix, use_cache=True))
         cache.batch_repeat_interleave(len(rows))
         suffix, mask = pad_ids([r[item.prefix:] for r in rows], lm.tokenizer.pad_token_id, "right", lm.device)
         past = torch.ones(len(rows), item.prefix, dtype=mask.dtype, device=mask.device)

@@ -151,7 +151,7 @@ class LLMPartitioner:
         prefix_cache = None
         if prefix_len:
             prefix = torch.tensor([rows[0][:prefix_len]], device=lm.device)
-            prefix_cache = lm.model(input_ids=prefix, use_cache=True).past_key_values
+            prefix_cache = lm.returned_cache(lm.model(input_ids=prefix, use_cache=True))
         out = torch.empty(len(rows))
         for s in progress_bar(range(0, len(rows), self.batch_size), "ask", progress=progress, unit="batch"):
             part = [r[prefix_len:] for r in rows[s: s + self.batch_size]]
