@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,13 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import chat_load, save_report  # noqa: E402
 from vllm_steering import PROMPTS, make_vectors, spec  # noqa: E402
 
+from steerlab.serve.background import free_port
+
 CLIENTS = (1, 4, 16, 32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], url: str, log: Path, env: dict | None = None, timeout: float = 600) -> subprocess.Popen:

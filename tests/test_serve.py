@@ -14,7 +14,7 @@ httpx = pytest.importorskip("httpx")
 from steerlab import datasets  # noqa: E402
 from steerlab.methods import caa  # noqa: E402
 from steerlab.serve import ServeConfig, create_app  # noqa: E402
-from steerlab.serve.background import BackgroundServer  # noqa: E402
+from steerlab.serve.background import BackgroundServer, free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Tell me about your weekend.", "Describe the town where you live.", "What do you think about Mondays?"]
@@ -203,15 +203,12 @@ def test_serve_cli_end_to_end(tmp_path, vectors):
     """`steerlab serve` in its own process (generation on its main thread), queried by the openai client."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
     vectors["sentiment"].save(tmp_path / "vectors" / "happy.safetensors")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # Output goes to a file (a pipe nobody reads can fill and block the server); on a hang, SIGABRT makes
     # faulthandler print every thread's stack into it. The server starts with SIGINT ignored, as a
     # non-interactive shell starts a background job: Ctrl-C must still stop it.

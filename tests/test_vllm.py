@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: its stats are readable
 
 from steerlab.generation import generate_ids  # noqa: E402
+from steerlab.serve.background import free_port  # noqa: E402
 from steerlab.spec import SteeringFactory  # noqa: E402
 from steerlab.vector import load_vector_folder  # noqa: E402
 
@@ -255,12 +255,6 @@ def test_vectors_for_another_model_are_refused_at_start(tmp_path):
         Compiler.from_config(PluginConfig(str(tmp_path)), ModelFacts("m", 576, 30))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(cmd: list[str], url: str, log_path, timeout: float = 600) -> subprocess.Popen:
     """Start a server process (vLLM's engine in its own processes) and wait until /health answers."""
     import httpx
@@ -293,7 +287,7 @@ def test_openai_server_steers_and_answers_bad_steering_with_400(vectors_dir, tmp
     """vLLM's own OpenAI server, in its own processes, with the plugin loaded from the entry point."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = _start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir(), "--port",
                      str(port), "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
@@ -334,7 +328,7 @@ def test_steerlab_serve_on_the_vllm_engine(vectors_dir, tmp_path):
     """`steerlab serve --engine vllm`: steerlab's API, playground and limits in front of vLLM's engine."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = _start([sys.executable, "-m", "steerlab.cli", "serve", "--engine", "vllm", "--vectors", str(vectors_dir),
                      "--port", str(port), "--max-tokens", "64", "--actadd-layers", "6",

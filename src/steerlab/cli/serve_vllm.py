@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,15 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, SteerlabError
+from ..serve.background import free_port
 from .args import parse_layers
 
 START_TIMEOUT_S = 1800.0  # a first start compiles and profiles the model; large models on CPU are slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _model(args) -> tuple[str, str, str | None]:
@@ -105,7 +99,7 @@ def serve_vllm(args, api_key: str | None, uvicorn: Any) -> int:
         plugin["model_name"] = steerlab_name
     if pair_layers:
         plugin["actadd_layers"] = pair_layers
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", served, "--additional-config", json.dumps({"steerlab": plugin})]

@@ -11,13 +11,19 @@ import threading
 import time
 
 
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the OS picks it; another process could still take
+    it before it is bound again)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class BackgroundServer:
     def __init__(self, app) -> None:
         import uvicorn
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
