@@ -278,6 +278,17 @@ def test_labels_file_round_trip_and_errors(tmp_path):
     path.write_text(text)
     back = Partition.load(path, d)
     assert back.task == "demo" and back.undesirable_concepts == ["c3", "c5", "c7"]
+    assert back.scores is None  # the seed partitioner has no scores, and none come back
+    scored = Partition("demo", list(d.concepts), part.undesirable, torch.linspace(-1, 1, 20), "test")
+    scored.scores[4] = float("-inf")  # an LLM shortlist's "not asked"
+    again = Partition.load(scored.save(tmp_path / "scored.tsv"), d)
+    assert again.scores is not None and torch.allclose(again.scores, scored.scores, atol=1e-4)
+    path.write_text("c1\tundesirable\t0.5\nc2\tbenign\n")
+    partial = Partition.load(path, d).scores
+    assert partial is not None and partial[1] == 0.5 and partial.isnan().sum() == 19
+    path.write_text("c1\tundesirable\thigh\n")
+    with pytest.raises(ValueError, match="labels.tsv:1: the score column"):
+        Partition.load(path, d)
     path.write_text("c1\tmaybe\n")
     with pytest.raises(ValueError, match="labels.tsv:1"):
         Partition.load(path, d)
@@ -403,6 +414,10 @@ def test_llm_partitioner_shortlist_asks_only_the_embedding_top(tmp_path, monkeyp
     assert len(list((tmp_path / "pace-partitions").glob("*-llm-*.pt"))) == 1
     LLMPartitioner(lm, shortlist=4).partition(d, "detox")
     assert counter.calls > calls
+    whole = LLMPartitioner(lm).partition(d, "detox")
+    calls = counter.calls
+    as_long = LLMPartitioner(lm, shortlist=len(words)).partition(d, "detox")  # asks all: no shortlist's cache
+    assert counter.calls == calls and torch.equal(as_long.scores, whole.scores) and "shortlist" not in as_long.source
     with pytest.raises(ValueError, match="shortlist must be"):
         LLMPartitioner(lm, shortlist=0)
 

@@ -173,7 +173,7 @@ class LLMPartitioner:
                "task": [task.name, task.description, list(EXAMPLES.get(task.name, DEFAULT_EXAMPLES))]}
         if task.question:
             key["question"] = task.question
-        if self.shortlist is not None:  # which concepts were asked depends on the embedding ranking too
+        if self._shortlists(dictionary):  # which concepts were asked depends on the embedding ranking too
             key["shortlist"] = [self.shortlist, "all-MiniLM-L6-v2", task.undesirable, task.benign]
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         return cache_dir() / "pace-partitions" / f"{dictionary.fingerprint}-llm-{digest}.pt"
@@ -192,13 +192,18 @@ class LLMPartitioner:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 record = {"concepts": list(dictionary.concepts), "scores": scores}
                 atomic_write(path, lambda tmp: torch.save(record, tmp))
-        short = "" if self.shortlist is None else f", shortlist={self.shortlist}"
+        short = f", shortlist={self.shortlist}" if self._shortlists(dictionary) else ""
         return Partition(task.name, list(dictionary.concepts), scores > self.threshold, scores,
                          f"llm(model={self.model_name}, threshold={self.threshold}{short})")
 
+    def _shortlists(self, dictionary: ConceptDictionary) -> bool:
+        """Whether the shortlist leaves some concept unasked (one as long as the dictionary asks them all,
+        and its labels are those of no shortlist, cached under the same key)."""
+        return self.shortlist is not None and self.shortlist < len(dictionary)
+
     def _ask(self, dictionary: ConceptDictionary, task: Task, progress: bool | None) -> torch.Tensor:
         """Every concept's score: asked, or ``-inf`` outside the shortlist."""
-        if self.shortlist is None or self.shortlist >= len(dictionary):
+        if not self._shortlists(dictionary):
             return self.scores(dictionary.concepts, task, progress=progress)
         from .partition import EmbeddingPartitioner
 

@@ -126,11 +126,14 @@ class Partition:
 
     @classmethod
     def load(cls, path: str | os.PathLike, dictionary: ConceptDictionary, task: str | None = None) -> Partition:
-        """Read a labels file. Concepts it does not list are benign; unknown concepts or labels are errors."""
+        """Read a labels file. Concepts it does not list are benign; unknown concepts or labels are errors.
+        The optional score column (written by :meth:`save`) comes back as ``scores``, NaN where a line has
+        none; without any score the partition's ``scores`` is None."""
         path = Path(path)
         if not path.exists():
             raise MissingFileError(f"No labels file at {path}.")
         undesirable = torch.zeros(len(dictionary), dtype=torch.bool)
+        scores = torch.full((len(dictionary),), float("nan"))
         found_task = task
         seen: dict[str, tuple[int, str]] = {}
         header_allowed = True
@@ -164,7 +167,14 @@ class Partition:
                                  f"on line {seen[concept][0]}; keep one line per concept.")
             seen[concept] = (n, label)
             undesirable[dictionary.index(concept)] = label == "undesirable"
-        return cls(found_task or path.stem, list(dictionary.concepts), undesirable, None, f"file:{path.name}")
+            if len(parts) > 2 and parts[2].strip():
+                try:
+                    scores[dictionary.index(concept)] = float(parts[2])
+                except ValueError:
+                    raise InputError(f"{path}:{n}: the score column holds {parts[2]!r}, not a number; "
+                                     "leave it empty or delete it.") from None
+        kept = scores if not scores.isnan().all() else None
+        return cls(found_task or path.stem, list(dictionary.concepts), undesirable, kept, f"file:{path.name}")
 
 
 def _escape(concept: str) -> str:
