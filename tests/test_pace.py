@@ -441,7 +441,7 @@ def test_llm_partitioner_task_question_is_asked_and_keys_the_cache():
 def test_agreement_with_hand_labels():
     from steerlab.pace.agreement import agreement, hand_labels
 
-    for task in ("detox", "positive-sentiment"):
+    for task in ("detox", "positive-sentiment", "no-food"):
         truth = hand_labels(task)
         assert len(truth) == 200 and 20 < sum(truth.values()) < 180
         perfect = agreement(truth, task, "copy")

@@ -22,7 +22,7 @@ def hand_labels(task: str) -> dict[str, bool]:
     if task not in header[1:]:
         raise UnknownNameError(f"No hand labels for task {task!r}; there are labels for {header[1:]}.")
     col = header.index(task)
-    return {r[0]: r[col] == "1" for r in body}
+    return {r[0]: r[col] == "1" for r in body if r[col] != "-"}  # "-": the word is labelled for other tasks only
 
 
 def _kappa(truth: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
