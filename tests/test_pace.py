@@ -237,6 +237,37 @@ def test_build_dictionary_equals_a_plain_loop_and_round_trips(tmp_path):
     assert back.neighbours("love", 3)[0][0] in WORDS
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "opt"])
+def test_concept_tokens_read_after_a_shared_prefix_equal_whole_sentences(family, monkeypatch):
+    import steerlab.pace.dictionary as dictionary_module
+
+    lm = tiny_model(family)
+    templates = ["I like {w} a lot.", "{w} again and again", "Then {w}"]  # the second has no prefix to share
+    written = [["My dog chased a fox."] if w == "fox" else [] for w in WORDS]  # one model-written sentence
+    ids, masks, owner = _stimulus_rows(lm, WORDS, templates, written)
+    shared_rows: list[int] = []
+    real = dictionary_module.capture_after_prefix
+
+    def counting(lm_, prefix, suffixes, positions, layers, **kw):
+        shared_rows.append(len(suffixes))
+        assert all(p[-1] for p in positions)  # rows end at their last concept token
+        return real(lm_, prefix, suffixes, positions, layers, **kw)
+
+    monkeypatch.setattr(dictionary_module, "capture_after_prefix", counting)
+    got = dictionary_module._read_concept_tokens(lm, ids, masks, [0, 2], batch_size=4)
+    # Two templates share their words (9 words each: "fox" has its own sentence, which runs whole).
+    assert shared_rows == [9, 9]
+    with torch.no_grad():
+        for layer in (0, 2):
+            ref = torch.cat([lm.model(torch.tensor([row]), output_hidden_states=True).hidden_states[layer + 1][0]
+                             [torch.tensor(mask)] for row, mask in zip(ids, masks, strict=True)])
+            assert torch.allclose(got[layer], ref, atol=1e-4 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="prefix of at least one token"):
+        real(lm, [], [[1]], [[True]], [0])
+    with pytest.raises(ValueError, match="as long as its mask"):
+        real(lm, [1], [[1, 2]], [[True]], [0])
+
+
 def test_dictionary_file_errors_and_atomic_save(tmp_path):
     lm = tiny_model("llama")
     d = build_dictionary(lm, WORDS[:4], 2, templates=["a {w} b"])

@@ -245,3 +245,53 @@ def capture_contrast(lm: SteerModel, first: Sequence[Sequence[int]], second: Seq
         for k, v in picked.items():  # even rows: first sequences; odd rows: second sequences
             out[0][k][index], out[1][k][index] = v[0::2], v[1::2]
     return out
+
+
+@torch.no_grad()
+def capture_after_prefix(lm: SteerModel, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
+                         positions: Sequence[Sequence[bool]], layers: int | Sequence[int], *, batch_size: int = 128,
+                         out_dtype: torch.dtype = torch.float32) -> dict[int, torch.Tensor]:
+    """Block outputs at the selected positions of many sequences that all start with ``prefix``:
+    ``prefix + suffixes[i]``, read where ``positions[i]`` (a boolean mask over ``suffixes[i]``) is true.
+
+    The prefix runs once per batch, at batch size 1, and its KV cache is repeated for the batch's
+    suffixes, so the work is the suffix tokens plus one short prefix per batch (a concept dictionary's
+    stimuli: thousands of words after the same few template words). Both passes stop after the
+    deepest layer. Returns ``{layer: [sum of selected, d]}``, sequence 0's positions first, as
+    :func:`capture` does with boolean masks; equal to :func:`capture` on the full sequences to float
+    rounding."""
+    layer_list = lm.check_layers(layers)
+    if not prefix:
+        raise InputError("capture_after_prefix needs a prefix of at least one token; use capture().")
+    if len(suffixes) != len(positions) or any(len(s) != len(p) or not s for s, p in zip(suffixes, positions,
+                                                                                         strict=True)):
+        raise InputError("capture_after_prefix needs one non-empty suffix per mask, each as long as its mask.")
+    pad = lm.tokenizer.pad_token_id
+    head = torch.tensor([list(prefix)], device=lm.device)
+    head_mask = torch.ones_like(head)
+    # Longest suffixes first, so a batch needs little right padding.
+    order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
+    parts: dict[int, list[tuple[int, torch.Tensor]]] = {k: [] for k in layer_list}
+    for s in range(0, len(order), batch_size):
+        chunk = order[s: s + batch_size]
+        cache = DynamicCache(config=lm.model.config)
+        _forward_reading(lm, layer_list, "output", {**lm.forward_inputs(head, head_mask), "use_cache": True,
+                                                    lm.cache_argument: cache},
+                         torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), True, out_dtype)
+        cache.batch_repeat_interleave(len(chunk))
+        ids, mask = pad_ids([list(suffixes[i]) for i in chunk], pad, "right", lm.device)
+        keep = [[p for p, on in enumerate(positions[i]) if on] for i in chunk]
+        rows = torch.tensor([b for b, ps in enumerate(keep) for _ in ps], dtype=torch.long)
+        cols = torch.tensor([p for ps in keep for p in ps], dtype=torch.long)
+        step = lm.continuation_inputs(ids, mask, head_mask.expand(len(chunk), -1), cache)
+        picked = _forward_reading(lm, layer_list, "output", step, rows, cols, True, out_dtype)
+        for k, v in picked.items():
+            start = 0
+            for b, ps in enumerate(keep):
+                parts[k].append((chunk[b], v[start: start + len(ps)]))
+                start += len(ps)
+    out = {}
+    for k, got in parts.items():
+        got.sort(key=lambda x: x[0])
+        out[k] = torch.cat([t for _, t in got]) if got else torch.empty(0, lm.hidden_size, dtype=out_dtype)
+    return out

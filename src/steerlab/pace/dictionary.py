@@ -1,7 +1,8 @@
 """The concept dictionary (docs/methods.md, "PaCE", step 1): one unit-norm atom per concept per layer.
 
 An atom is the mean activation at the concept's own tokens over its stimulus sentences, centred by
-the mean over all concepts, then scaled to unit norm. Files are safetensors (``atoms.L`` [K, d] and
+the mean over all concepts, then scaled to unit norm (read with one shared pass over each template's
+words, :func:`_read_concept_tokens`). Files are safetensors (``atoms.L`` [K, d] and
 ``centre.L`` [d]) with the concept names and the recipe in the header; they load memory-mapped.
 """
 
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import __version__
-from ..capture import capture
+from ..capture import capture, capture_after_prefix
 from ..errors import InputError, UnknownNameError
 from ..progress import progress_bar
 from ..safefile import atomic_save, mmap_tensors, read_header
@@ -163,7 +164,7 @@ def concept_means(lm: SteerModel, concepts: Sequence[str], layers: Sequence[int]
     Each sentence counts equally, however many tokens the concept takes in it. ``sentences``: each
     concept's own (model-written) sentences; a concept with none usable gets the templates."""
     ids_rows, masks, owner = _stimulus_rows(lm, concepts, templates, sentences)
-    acts = capture(lm, ids_rows, list(layers), positions=masks, batch_size=batch_size, progress=False)
+    acts = _read_concept_tokens(lm, ids_rows, masks, list(layers), batch_size)
     counts = torch.tensor([sum(m) for m in masks])
     sent = torch.repeat_interleave(torch.arange(len(masks)), counts)
     owner_t = torch.tensor(owner)
@@ -174,6 +175,43 @@ def concept_means(lm: SteerModel, concepts: Sequence[str], layers: Sequence[int]
         sentence_means = sums / counts[:, None]
         out[layer] = torch.zeros(len(concepts), a.shape[1]).index_add_(0, owner_t, sentence_means) / per_concept
     return out
+
+
+SHARED_PREFIX_MIN = 8
+"""Stimuli with the same tokens before their concept are read after one shared prefix pass when at least
+this many share it (every template, for a shard of concepts); the rest run whole."""
+
+
+def _read_concept_tokens(lm: SteerModel, ids_rows: list[list[int]], masks: list[list[bool]], layers: list[int],
+                         batch_size: int) -> dict[int, torch.Tensor]:
+    """Block outputs at the concept tokens of every stimulus, in :func:`capture`'s layout (row 0's
+    selected positions first). The models are causal, so nothing after a row's last concept token can
+    change what is read: rows end there. Rows whose tokens before the concept are the same (a template
+    read with many words) share one pass over those tokens (:func:`capture_after_prefix`)."""
+    ends = [max(p for p, on in enumerate(m) if on) + 1 for m in masks]
+    ids_rows = [r[:e] for r, e in zip(ids_rows, ends, strict=True)]
+    masks = [m[:e] for m, e in zip(masks, ends, strict=True)]
+    starts = [m.index(True) for m in masks]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (r, a) in enumerate(zip(ids_rows, starts, strict=True)):
+        groups.setdefault(tuple(r[:a]), []).append(i)
+    shared = {p: g for p, g in groups.items() if p and len(g) >= SHARED_PREFIX_MIN}
+    pieces: list[dict[int, torch.Tensor]] = [{} for _ in ids_rows]  # per row: {layer: [selected, d]}
+
+    def scatter(rows: list[int], acts: dict[int, torch.Tensor]) -> None:
+        for k, v in acts.items():
+            for i, chunk in zip(rows, v.split([sum(masks[i]) for i in rows]), strict=True):
+                pieces[i][k] = chunk
+
+    for prefix, rows in shared.items():
+        a = len(prefix)
+        scatter(rows, capture_after_prefix(lm, prefix, [ids_rows[i][a:] for i in rows],
+                                           [masks[i][a:] for i in rows], layers, batch_size=batch_size))
+    whole = [i for i in range(len(ids_rows)) if not pieces[i]]
+    if whole:
+        scatter(whole, capture(lm, [ids_rows[i] for i in whole], layers, positions=[masks[i] for i in whole],
+                               batch_size=batch_size, progress=False))
+    return {k: torch.cat([pieces[i][k] for i in range(len(ids_rows))]) for k in layers}
 
 
 @dataclass(frozen=True)
