@@ -103,6 +103,15 @@ def _forward_reading(lm: SteerModel, layers: list[int], site: Site, model_inputs
     return picked
 
 
+def _file_rows(results: dict[int, list[tuple[int, torch.Tensor]]], picked: dict[int, torch.Tensor],
+               chunk: Sequence[int], keep: Sequence[Sequence[int]]) -> None:
+    """Split one batch's read rows (``picked``: ``{layer: [selected, d]}``, batch row 0's first) back into
+    its inputs: ``results[layer]`` gets ``(input index, [its selected, d])`` for each input in ``chunk``."""
+    for layer, values in picked.items():
+        for i, part in zip(chunk, values.split([len(ps) for ps in keep]), strict=True):
+            results[layer].append((i, part))
+
+
 @torch.no_grad()
 def capture(
     lm,
@@ -152,11 +161,7 @@ def capture(
 
         picked = _forward_reading(lm, layer_list, site, lm.forward_inputs(ids, mask), row_idx, col_idx, early_exit,
                                   out_dtype)
-        for layer, values in picked.items():
-            start = 0
-            for b, ps in enumerate(keep):
-                results[layer].append((chunk[b], values[start: start + len(ps)]))
-                start += len(ps)
+        _file_rows(results, picked, chunk, keep)
     out = {}
     single = all(len(t) == 1 for _, t in results[layer_list[0]]) and not (
         isinstance(positions, str) and positions == "all")
@@ -285,11 +290,7 @@ def capture_after_prefix(lm: SteerModel, prefix: Sequence[int], suffixes: Sequen
         cols = torch.tensor([p for ps in keep for p in ps], dtype=torch.long)
         step = lm.continuation_inputs(ids, mask, head_mask.expand(len(chunk), -1), cache)
         picked = _forward_reading(lm, layer_list, "output", step, rows, cols, True, out_dtype)
-        for k, v in picked.items():
-            start = 0
-            for b, ps in enumerate(keep):
-                parts[k].append((chunk[b], v[start: start + len(ps)]))
-                start += len(ps)
+        _file_rows(parts, picked, chunk, keep)
     out = {}
     for k, got in parts.items():
         got.sort(key=lambda x: x[0])
