@@ -31,6 +31,7 @@ PAGE = ROOT / "benchmarks" / "RESULTS.md"
 RUNS = RESULTS / "runs.json"
 DICTIONARY = ROOT / "steerlab-out" / "bench" / "smollm2-10k.safetensors"
 NO_FOOD_3 = ROOT / "steerlab-out" / "bench" / "smollm2-135m-10000-L10-15-20.safetensors"  # pace_effect.py's own build
+QWEN_3 = ROOT / "steerlab-out" / "bench" / "qwen2.5-coder-1.5b-10000-L9-14-19.safetensors"  # the same, on the 1.5B
 STEERLAB = str(Path(sys.executable).with_name("steerlab"))
 
 
@@ -109,6 +110,15 @@ BENCHMARKS = [
                                          "--methods", *EVAL_METHODS],
           ["pace-effect-qwen2.5-coder-1.5b-L9-14-19"], 25,
           "the sentiment prompts on the same 1.5B three-block dictionary, with CAA x2 and x4"),
+    Bench("pace-eval-no-food-llm-1.5b", ["steerlab", "pace", "eval", "--model", "qwen2.5-coder-1.5b", "--dictionary",
+                                         str(QWEN_3.relative_to(ROOT)),
+                                         "--task", "no-food", "--partitioner", "llm", "--judge", "qwen2.5-coder-1.5b",
+                                         "--shortlist", "600", "--layers", "9,14,19", "--methods", "unsteered", "pace",
+                                         "--max-new-tokens", "32", "--out",
+                                         "benchmarks/results/pace-no-food-llm-partition-1.5b"],
+          ["pace-no-food-llm-partition-1.5b/pace-no-food"], 10,
+          "PaCE on the 1.5B no-food task with the 1.5B judge's labels (needs pace-effect-no-food-1.5b's dictionary)",
+          [str(QWEN_3)]),
     Bench("pace-eval-no-food-llm", ["steerlab", "pace", "eval", "--dictionary", str(NO_FOOD_3.relative_to(ROOT)),
                                     "--task", "no-food", "--partitioner", "llm", "--judge", "qwen2.5-coder-1.5b",
                                     "--shortlist", "600", "--layers", "10,15,20", "--methods", "unsteered", "pace",
