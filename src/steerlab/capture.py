@@ -3,6 +3,7 @@ and keeping only the selected positions (never every position of every layer).""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -259,8 +260,8 @@ def capture_after_prefix(lm: SteerModel, prefix: Sequence[int], suffixes: Sequen
     """Block outputs at the selected positions of many sequences that all start with ``prefix``:
     ``prefix + suffixes[i]``, read where ``positions[i]`` (a boolean mask over ``suffixes[i]``) is true.
 
-    The prefix runs once per batch, at batch size 1, and its KV cache is repeated for the batch's
-    suffixes, so the work is the suffix tokens plus one short prefix per batch (a concept dictionary's
+    The prefix runs once, at batch size 1, and a copy of its KV cache is repeated for each batch's
+    suffixes, so the work is the suffix tokens plus the prefix once (a concept dictionary's
     stimuli: thousands of words after the same few template words). Both passes stop after the
     deepest layer. Returns ``{layer: [sum of selected, d]}``, sequence 0's positions first, as
     :func:`capture` does with boolean masks; equal to :func:`capture` on the full sequences to float
@@ -277,12 +278,13 @@ def capture_after_prefix(lm: SteerModel, prefix: Sequence[int], suffixes: Sequen
     # Longest suffixes first, so a batch needs little right padding.
     order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
     parts: dict[int, list[tuple[int, torch.Tensor]]] = {k: [] for k in layer_list}
+    head_cache = DynamicCache(config=lm.model.config)
+    _forward_reading(lm, layer_list, "output", {**lm.forward_inputs(head, head_mask), "use_cache": True,
+                                                lm.cache_argument: head_cache},
+                     torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), True, out_dtype)
     for s in range(0, len(order), batch_size):
         chunk = order[s: s + batch_size]
-        cache = DynamicCache(config=lm.model.config)
-        _forward_reading(lm, layer_list, "output", {**lm.forward_inputs(head, head_mask), "use_cache": True,
-                                                    lm.cache_argument: cache},
-                         torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), True, out_dtype)
+        cache = copy.deepcopy(head_cache)  # the continuation appends to the cache it is given
         cache.batch_repeat_interleave(len(chunk))
         ids, mask = pad_ids([list(suffixes[i]) for i in chunk], pad, "right", lm.device)
         keep = [[p for p, on in enumerate(positions[i]) if on] for i in chunk]
