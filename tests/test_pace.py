@@ -121,6 +121,27 @@ def test_solver_matches_sklearn_on_real_activations(smol, rows, solver):
         assert 5 < float((C != 0).sum(1).float().mean()) < 0.5 * D.shape[1]
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_equal_rows_are_solved_once(kernel, monkeypatch):
+    import steerlab.pace.solver as solver
+
+    D, Z = _random_problem(B=3)
+    rows = Z[[0, 1, 0, 2, 1, 1]]  # as a batch of prompts sharing a system prompt
+    seen = []
+    inner = solver._solve_rows
+    monkeypatch.setattr(solver, "_solve_rows", lambda D, Z, *a: seen.append(Z.shape[0]) or inner(D, Z, *a))
+    cfg = ElasticNet(tol=1e-6, kernel=kernel)
+    C = sparse_code(D, rows, cfg)
+    assert seen == [3]
+    assert torch.equal(C[0], C[2]) and torch.equal(C[1], C[4]) and torch.equal(C[1], C[5])
+    alone = torch.cat([sparse_code(D, Z[i: i + 1], cfg) for i in range(3)])
+    assert torch.allclose(objective(D, rows, C, cfg), objective(D, Z, alone, cfg)[[0, 1, 0, 2, 1, 1]], rtol=1e-8)
+    seen.clear()
+    sparse_code(D, Z, cfg)  # no equal rows: solved as they are
+    sparse_code(D, rows, ElasticNet(tol=1e-6, kernel=kernel, share_equal_rows=False))
+    assert seen == [3, 6]
+
+
 def test_compiled_solver_survives_duplicate_atoms_and_threads():
     """Two copies of one atom with no ridge term (tau=1) make the support's system singular: the
     compiled path must still reach the optimum (by coordinate descent), and calls from several threads
