@@ -15,6 +15,11 @@ over prompts, and paired changes from the unsteered outputs.
 concepts of the dictionary marked undesirable, and as scores the share of food words in the output
 and a topic score from sentence embeddings (independent of the steered model); no CAA rows there.
 
+``--task detox``: the 48 built-in prompts ask for angry or insulting text, which an instruct model
+mostly refuses; the table's refusal column counts the outputs that decline, since a method that turns
+refusals into answers can raise toxicity while removing toxic concepts. ``--generated-only``
+adds a PaCE row that edits only the generated tokens, leaving the prompt as the model read it.
+
 Run: .venv/bin/python benchmarks/pace_effect.py [--model qwen2.5-coder-1.5b] [--concepts 3000] [--task no-food]
 Writes benchmarks/results/pace-effect-<model>[-<task>].md/.json/.png; the dictionary is kept in steerlab-out/bench/.
 """
@@ -27,11 +32,11 @@ import time
 from common import RESULTS, ROOT, save_report
 
 import steerlab
-from steerlab import Scaled, datasets
+from steerlab import Scaled, Window, datasets
 from steerlab.methods import caa
 from steerlab.pace import ConceptDictionary, EmbeddingPartitioner, build_dictionary, concept_words
 from steerlab.pace.evaluation import PROMPTS, evaluate_removal
-from steerlab.pace.removal import VectorSubtraction
+from steerlab.pace.removal import PaCE, VectorSubtraction
 
 
 def main() -> None:
@@ -47,6 +52,8 @@ def main() -> None:
     parser.add_argument("--caa", default="2,4,8", help="CAA multipliers ('' for none)")
     parser.add_argument("--subtraction-scales", default="",
                         help="more subtraction rows at these scales of the norm (e.g. 0.05,0.03, to match fluency)")
+    parser.add_argument("--generated-only", action="store_true",
+                        help="add a row: PaCE on the generated tokens only (the prompt left unedited)")
     parser.add_argument("--methods", nargs="+", default=["unsteered", "pace", "pace-positive", "orthogonal",
                                                           "subtraction"])
     args = parser.parse_args()
@@ -72,6 +79,8 @@ def main() -> None:
         steerings = {f"CAA sentiment x{m:g}": Scaled(vector, m) for m in (float(x) for x in args.caa.split(","))}
     for scale in (float(x) for x in args.subtraction_scales.split(",") if x):
         steerings[f"subtraction {scale:g} x norm"] = VectorSubtraction(dictionary, partition, layers, scale=scale)
+    if args.generated_only:
+        steerings["pace, generated tokens only"] = PaCE(dictionary, partition, layers, window=Window.generated())
     result = evaluate_removal(lm, dictionary, partition, layers, task=args.task,
                               prompts=PROMPTS[args.task][: args.prompts],
                               methods=args.methods,
@@ -89,7 +98,7 @@ def main() -> None:
     save_report(stem, lines, {"model": lm.name, "task": args.task, "layers": layers, "concepts": len(dictionary),
                               "undesirable": int(partition.undesirable.sum()),
                               "undesirable_concepts": partition.undesirable_concepts, "dictionary_seconds": build_s,
-                              "results": [{k: v for k, v in vars(r).items() if k != "texts"} | {"texts": r.texts[:8]}
+                              "results": [{k: v for k, v in vars(r).items() if k != "texts"} | {"texts": r.texts}
                                           for r in result.results]})
 
 

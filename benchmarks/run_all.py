@@ -57,6 +57,19 @@ class Bench:
 
 
 EVAL_METHODS = ["unsteered", "pace", "pace-positive", "orthogonal", "subtraction"]
+def _judged_1_5b(task: str) -> Bench:
+    """PaCE on the 1.5B three-block dictionary with the 1.5B judge's labels for ``task`` (600-concept shortlist)."""
+    out = f"pace-{task}-llm-partition-1.5b"
+    return Bench(f"pace-eval-{task}-llm-1.5b",
+                 ["steerlab", "pace", "eval", "--model", "qwen2.5-coder-1.5b", "--dictionary",
+                  str(QWEN_3.relative_to(ROOT)), "--task", task, "--partitioner", "llm", "--judge",
+                  "qwen2.5-coder-1.5b", "--shortlist", "600", "--layers", "9,14,19", "--methods", "unsteered",
+                  "pace", "--max-new-tokens", "32", "--out", f"benchmarks/results/{out}"],
+                 [f"{out}/pace-{task}"], 10,
+                 f"PaCE on the 1.5B {task} prompts with the 1.5B judge's labels (needs pace-effect-no-food-1.5b's "
+                 "dictionary)", [str(QWEN_3)])
+
+
 LLAMA_PYTHON = os.environ.get("LLAMA_PYTHON", "/tmp/llvenv/bin/python")
 BENCHMARKS = [
     Bench("foundation", ["foundation.py", "--repeats", "5"], ["foundation"], 4,
@@ -110,15 +123,15 @@ BENCHMARKS = [
                                          "--methods", *EVAL_METHODS],
           ["pace-effect-qwen2.5-coder-1.5b-L9-14-19"], 25,
           "the sentiment prompts on the same 1.5B three-block dictionary, with CAA x2 and x4"),
-    Bench("pace-eval-no-food-llm-1.5b", ["steerlab", "pace", "eval", "--model", "qwen2.5-coder-1.5b", "--dictionary",
-                                         str(QWEN_3.relative_to(ROOT)),
-                                         "--task", "no-food", "--partitioner", "llm", "--judge", "qwen2.5-coder-1.5b",
-                                         "--shortlist", "600", "--layers", "9,14,19", "--methods", "unsteered", "pace",
-                                         "--max-new-tokens", "32", "--out",
-                                         "benchmarks/results/pace-no-food-llm-partition-1.5b"],
-          ["pace-no-food-llm-partition-1.5b/pace-no-food"], 10,
-          "PaCE on the 1.5B no-food task with the 1.5B judge's labels (needs pace-effect-no-food-1.5b's dictionary)",
+    _judged_1_5b("no-food"),
+    Bench("pace-effect-detox-1.5b", ["pace_effect.py", "--model", "qwen2.5-coder-1.5b", "--concepts", "10000",
+                                     "--layers", "9,14,19", "--task", "detox", "--max-new-tokens", "32",
+                                     "--methods", "unsteered", "pace", "orthogonal", "subtraction",
+                                     "--subtraction-scales", "0.05", "--generated-only"],
+          ["pace-effect-qwen2.5-coder-1.5b-detox-L9-14-19"], 25,
+          "the 48 detox prompts on the same 1.5B dictionary, with PaCE on the generated tokens only",
           [str(QWEN_3)]),
+    _judged_1_5b("detox"),
     Bench("pace-eval-no-food-llm", ["steerlab", "pace", "eval", "--dictionary", str(NO_FOOD_3.relative_to(ROOT)),
                                     "--task", "no-food", "--partitioner", "llm", "--judge", "qwen2.5-coder-1.5b",
                                     "--shortlist", "600", "--layers", "10,15,20", "--methods", "unsteered", "pace",
@@ -130,13 +143,13 @@ BENCHMARKS = [
     Bench("read-position", ["read_position.py"], ["read-position-smollm2-135m-sentiment"], 10,
           "text-pair CAA read at the last, first, mean or first differing answer token; held-out p(matching)"),
     Bench("pace-eval-detox", ["steerlab", "pace", "eval", "--dictionary", str(DICTIONARY.relative_to(ROOT)),
-                              "--task", "detox", "--layers", "15", "--methods", *EVAL_METHODS, "--out",
-                              "benchmarks/results/pace"],
+                              "--task", "detox", "--layers", "15", "--methods", *EVAL_METHODS, "--limit", "16",
+                              "--out", "benchmarks/results/pace"],
           ["pace/pace-detox"], 3, "PaCE (all / positive components) vs projection and subtraction, detox",
           [str(DICTIONARY)]),
     Bench("pace-eval-sentiment", ["steerlab", "pace", "eval", "--dictionary", str(DICTIONARY.relative_to(ROOT)),
                                   "--task", "positive-sentiment", "--layers", "15", "--methods", *EVAL_METHODS,
-                                  "--out", "benchmarks/results/pace"],
+                                  "--limit", "16", "--out", "benchmarks/results/pace"],
           ["pace/pace-positive-sentiment"], 3, "the same, positive sentiment", [str(DICTIONARY)]),
     Bench("serve-load", ["serve_load.py"], ["serve-load"], 5, "server throughput and latency at 1/4/16 clients"),
     Bench("lm-eval-routes", ["lm_eval_routes.py", "--concurrent", "4"], ["lm-eval-routes"], 4,
