@@ -11,6 +11,7 @@ does not offer the pieces (then the caller falls back to loading the whole model
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,7 +65,11 @@ def convert_gguf(path: Path, out: Path, *, shard_bytes: int = SHARD_BYTES) -> bo
                                    tensor_key_mapping=names, parsed_parameters=parsed)
         if result.name not in names:
             continue
-        value = torch.from_numpy(np.ascontiguousarray(result.weights, dtype=np.float32))
+        with warnings.catch_warnings():
+            # A float32 tensor comes back as a read-only view of the memory-mapped file; it is only
+            # written out to safetensors, never modified, so torch's warning about it does not apply.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            value = torch.from_numpy(np.ascontiguousarray(result.weights, dtype=np.float32))
         shard[names[result.name]] = value
         size += value.numel() * 4
         if size >= shard_bytes:
