@@ -17,6 +17,7 @@ from steerlab.pace import (
     SeedPartitioner,
     VectorSubtraction,
     build_dictionary,
+    cpu_kernels,
     objective,
     sparse_code,
 )
@@ -157,6 +158,25 @@ def test_compiled_solver_survives_duplicate_atoms_and_threads():
     with ThreadPoolExecutor(4) as pool:
         rows = list(pool.map(lambda i: sparse_code(D, Z[i: i + 1], cfg), range(Z.shape[0])))
     assert torch.allclose(objective(D, Z, torch.cat(rows), cfg), ours, rtol=1e-9)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="needs numba (the pace extra)")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_gram_extension_fills_exactly_the_new_rows(dtype):
+    """The working-set Gram is grown by the atoms added since the last round, four at a time with the
+    rest one by one: every (m_old, m) split must give A A' on [0, m) without touching what lies beyond
+    (float32 atoms are summed in float32, as a BLAS product would; float64 ones stay exact)."""
+    kernels = cpu_kernels._kernels()
+    rng = np.random.default_rng(0)
+    for m_old, m in [(0, 1), (0, 3), (0, 4), (0, 9), (5, 9), (5, 14), (7, 8), (33, 67), (10, 10)]:
+        A = rng.standard_normal((m, 37)).astype(dtype)
+        ref = A.astype(np.float64) @ A.T.astype(np.float64)
+        G = np.full((m + 2, m + 2), np.nan)
+        G[:m_old, :m_old] = ref[:m_old, :m_old]
+        kernels.gram_rows(A, m_old, m, G)
+        tol = 1e-4 if dtype == np.float32 else 1e-12
+        assert np.allclose(G[:m, :m], ref, atol=tol, rtol=0), (m_old, m)
+        assert np.isnan(G[m:]).all() and np.isnan(G[:, m:]).all()
 
 
 def test_kernel_choice(monkeypatch):

@@ -138,10 +138,57 @@ def solve_one(G, b, c, l1, l2, max_sweeps):
 def rows_with_atoms(Dt, X, out):
     for k in numba.prange(Dt.shape[0]):  # atoms in parallel: each thread streams its share of D once
         for r in range(X.shape[0]):
-            s = Dt[0, 0] * 0  # accumulate in D's dtype, as BLAS does (float32 vectorises twice as wide)
+            # Accumulate in D's dtype, as BLAS does (float32 vectorises twice as wide). (Not ``Dt[0, 0] * 0``:
+            # numba types float32 times an integer as float64.)
+            s = Dt.dtype.type(0)
             for i in range(Dt.shape[1]):
                 s += Dt[k, i] * X[r, i]
             out[r, k] = s
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def gram_rows(A, m_old, m, G):
+    """Rows ``m_old..m`` of the Gram ``A A'`` (and their mirror columns), accumulated in ``A``'s dtype as a
+    BLAS product would be. Four new atoms against four others per pass: each loaded element feeds four
+    multiply-adds instead of one, which made the Gram ~2.6x faster than one dot product per pair."""
+    d = A.shape[1]
+    a = m_old
+    while a + 4 <= m:
+        e = 0
+        while e + 4 <= a + 4:  # 4x4 blocks of columns up to a+3 (pairs with earlier atoms and the block itself)
+            z = A.dtype.type(0)
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
+            for k in range(d):
+                x0, x1, x2, x3 = A[a, k], A[a + 1, k], A[a + 2, k], A[a + 3, k]
+                y0, y1, y2, y3 = A[e, k], A[e + 1, k], A[e + 2, k], A[e + 3, k]
+                s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3  # noqa: E702
+                s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3  # noqa: E702
+                s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3  # noqa: E702
+                s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3  # noqa: E702
+            # (written out: indexing a tuple of the sums in a loop kept them out of registers, 3x slower)
+            G[a, e], G[a, e + 1], G[a, e + 2], G[a, e + 3] = s00, s01, s02, s03
+            G[a + 1, e], G[a + 1, e + 1], G[a + 1, e + 2], G[a + 1, e + 3] = s10, s11, s12, s13
+            G[a + 2, e], G[a + 2, e + 1], G[a + 2, e + 2], G[a + 2, e + 3] = s20, s21, s22, s23
+            G[a + 3, e], G[a + 3, e + 1], G[a + 3, e + 2], G[a + 3, e + 3] = s30, s31, s32, s33
+            for p in range(4):
+                for q in range(4):
+                    G[e + q, a + p] = G[a + p, e + q]
+            e += 4
+        for p in range(4):  # the columns left over (fewer than four)
+            for q in range(e, a + 4):
+                acc = A.dtype.type(0)
+                for k in range(d):
+                    acc += A[a + p, k] * A[q, k]
+                G[a + p, q] = acc
+                G[q, a + p] = acc
+        a += 4
+    for r in range(a, m):  # the last (fewer than four) new atoms, one pair at a time
+        for e in range(r + 1):
+            acc = A.dtype.type(0)
+            for k in range(d):
+                acc += A[r, k] * A[e, k]
+            G[r, e] = acc
+            G[e, r] = acc
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def solve_round(Dt, Z, corr, live, ws, pos, m_old, m_new, G, c, R, l1, l2, max_sweeps):
@@ -157,13 +204,7 @@ def solve_round(Dt, Z, corr, live, ws, pos, m_old, m_new, G, c, R, l1, l2, max_s
         A = np.empty((m, d), dtype=Dt.dtype)  # the working set's atoms, gathered: contiguous loads
         for a in range(m):
             A[a] = Dt[w[a]]
-        for a in range(m_old[i], m):
-            for e in range(a + 1):
-                acc = Dt[0, 0] * 0  # in D's dtype, as a BLAS product would (vectorises in float32)
-                for k in range(d):
-                    acc += A[a, k] * A[e, k]
-                G[t, a, e] = acc
-                G[t, e, a] = acc
+        gram_rows(A, m_old[i], m, G[t])
         b = np.empty(m)
         keep_at = np.empty(m, dtype=np.int64)
         for a in range(m):
