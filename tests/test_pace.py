@@ -161,6 +161,59 @@ def test_compiled_solver_survives_duplicate_atoms_and_threads():
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="needs numba (the pace extra)")
+def test_bounded_and_half_precision_checks_see_every_violator():
+    """The compiled path's checks skip atoms a bound rules out and stream a bfloat16 copy of the atoms
+    for a few rows: whatever they skip or approximate, an atom whose float32 correlation exceeds the
+    limit must still read above it, and one below it must not read above it."""
+    rng = np.random.default_rng(0)
+    Dt = rng.standard_normal((3000, 64)) + 0.5 * rng.standard_normal((1, 64))  # correlated atoms
+    Dt = (Dt / np.linalg.norm(Dt, axis=1, keepdims=True)).astype(np.float32)
+    limit = 0.3
+    table = cpu_kernels.atom_table(torch.from_numpy(Dt))
+    for n in (2, 6):  # full checks in bfloat16 (up to HALF_ROWS rows), and in float32
+        checks = cpu_kernels._Checks(Dt, table, limit, n)
+        rows = np.arange(n)
+        R = rng.standard_normal((n, 64))
+        R /= np.linalg.norm(R, axis=1, keepdims=True)
+        skipped = 0
+        for step in range(8):  # the residual moves less at every round, as in the solver
+            got = checks.check(R, rows)
+            exact = R.astype(np.float32) @ Dt.T
+            assert (np.abs(got[np.abs(exact) > limit + 1e-5]) > limit).all(), (n, step)
+            assert (np.abs(got[np.abs(exact) < limit - 1e-5]) <= limit).all(), (n, step)
+            skipped += int((got == 0).sum())
+            R = R + 0.3 ** (step + 1) * rng.standard_normal(R.shape) / 8
+        assert skipped > 0.5 * 3000 * n  # the bound did rule atoms out (the test would not be checking it)
+
+
+def test_solver_with_the_dictionary_table_matches_sklearn(smol):
+    """The second call with one dictionary tensor builds its table (atom norms, bfloat16 copy) and the
+    checks use it: the answers still match scikit-learn's, and the untabled solve's."""
+    from sklearn.linear_model import ElasticNet as SkElasticNet
+
+    from steerlab.pace import solver
+
+    D64, Z64 = _real_problem(smol, B=16)
+    D = D64.float().T.contiguous().T  # atom rows, as PaCE holds them: every call gets a new view
+    cfg = ElasticNet()
+    sparse_code(D, Z64[:1].float(), cfg)  # the first sighting: no table yet
+    assert solver._TABLES[id(D._base)][2] is None
+    for rows in (1, 4, 16):
+        Z = Z64[:rows].float()
+        fresh = D.T.clone().T  # a new tensor: first seen, so solved without a table
+        untabled = objective(D64, Z64[:rows], sparse_code(fresh, Z, cfg), cfg)
+        tabled = objective(D64, Z64[:rows], sparse_code(D, Z, cfg), cfg)
+        assert solver._TABLES[id(D._base)][2] is not None
+        assert torch.allclose(tabled, untabled, rtol=1e-5)
+        for i in range(rows):
+            sk = SkElasticNet(alpha=cfg.alpha / D.shape[0], l1_ratio=cfg.tau, fit_intercept=False, tol=1e-10,
+                              max_iter=100000)
+            sk.fit(D64.numpy(), Z64[i].numpy())
+            ref = objective(D64, Z64[i: i + 1], torch.from_numpy(sk.coef_)[None], cfg)
+            assert abs(tabled[i] - ref) / ref < 1e-4, (rows, i)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="needs numba (the pace extra)")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_gram_extension_fills_exactly_the_new_rows(dtype):
     """The working-set Gram is grown by the atoms added since the last round, four at a time with the

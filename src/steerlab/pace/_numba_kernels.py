@@ -5,6 +5,8 @@ compiled inside a function, they were compiled again in every process (~10 s).
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
 
 
 @numba.njit(cache=True, nogil=True)
@@ -145,6 +147,37 @@ def rows_with_atoms(Dt, X, out):
                 s += Dt[k, i] * X[r, i]
             out[r, k] = s
 
+@intrinsic
+def _bits_as_float32(typingctx, bits):
+    """The float32 whose bit pattern is the uint32 ``bits`` (a bfloat16 is the top half of one)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.uint32), codegen
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def rows_with_half_atoms(Dh, X, out):
+    """``X @ Dh'`` for float32 rows ``X`` against atoms stored as bfloat16 bit patterns ``Dh`` (uint16
+    [K, d]), summed in float32: half the bytes of the float32 atoms to stream."""
+    for k in numba.prange(Dh.shape[0]):
+        for r in range(X.shape[0]):
+            s = np.float32(0)
+            for i in range(Dh.shape[1]):
+                s += _bits_as_float32(np.uint32(Dh[k, i]) << 16) * X[r, i]
+            out[r, k] = s
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def rows_with_some_atoms(Dt, X, mask, out):
+    """``out[r, k] = X[r] . Dt[k]`` where ``mask[r, k]``, else 0."""
+    for k in numba.prange(Dt.shape[0]):
+        for r in range(X.shape[0]):
+            s = Dt.dtype.type(0)
+            if mask[r, k]:
+                for i in range(Dt.shape[1]):
+                    s += Dt[k, i] * X[r, i]
+            out[r, k] = s
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def gram_rows(A, m_old, m, G):
     """Rows ``m_old..m`` of the Gram ``A A'`` (and their mirror columns), accumulated in ``A``'s dtype as a
@@ -191,11 +224,13 @@ def gram_rows(A, m_old, m, G):
             G[e, r] = acc
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
-def solve_round(Dt, Z, corr, live, ws, pos, m_old, m_new, G, c, R, l1, l2, max_sweeps):
+def solve_round(Dt, Z, live, ws, inws, m_old, m_new, G, c, R, l1, l2, max_sweeps):
     """For each live row: extend the Gram of its working set by the atoms added since the last
-    round (rows ``m_old..m_new`` of ``G``; the rows before are kept, not recomputed), solve its small
+    round (rows ``m_old..m_new`` of its ``G[i]``; the rows before are kept, not recomputed), solve its small
     problem from the current coefficients, write its residual ``z - D c``, and drop the atoms that
-    ended at zero from the working set (the next round adds violators after those that stay)."""
+    ended at zero from the working set (the next round adds violators after those that stay). The
+    problem's ``b = A z`` is taken here, exactly, not from the first product with the dictionary
+    (which may be the approximate half-precision one)."""
     d = Dt.shape[1]
     for t in numba.prange(live.shape[0]):
         i = live[t]
@@ -204,12 +239,21 @@ def solve_round(Dt, Z, corr, live, ws, pos, m_old, m_new, G, c, R, l1, l2, max_s
         A = np.empty((m, d), dtype=Dt.dtype)  # the working set's atoms, gathered: contiguous loads
         for a in range(m):
             A[a] = Dt[w[a]]
-        gram_rows(A, m_old[i], m, G[t])
+        gram_rows(A, m_old[i], m, G[i])
         b = np.empty(m)
         keep_at = np.empty(m, dtype=np.int64)
         for a in range(m):
-            b[a] = corr[i, w[a]]
-        solve_one(G[t, :m, :m], b, c[i, :m], l1, l2, max_sweeps)
+            acc = Dt.dtype.type(0)
+            for k in range(d):
+                acc += A[a, k] * Z[i, k]
+            b[a] = acc
+        # A contiguous float64 copy for the solve: on the strided view numba cannot vectorise the sweeps
+        # (it does not know the inner stride is 1), which cost more than the copy.
+        Gm = np.empty((m, m))
+        for a in range(m):
+            for e in range(m):
+                Gm[a, e] = G[i, a, e]
+        solve_one(Gm, b, c[i, :m], l1, l2, max_sweeps)
         for k in range(d):
             R[t, k] = Z[i, k]
         kept = 0
@@ -222,18 +266,17 @@ def solve_round(Dt, Z, corr, live, ws, pos, m_old, m_new, G, c, R, l1, l2, max_s
                 keep_at[kept] = a
                 kept += 1
             else:
-                pos[i, w[a]] = -1
+                inws[i, w[a]] = False
         for a in range(kept):
-            pos[i, w[a]] = a
             # Compact the Gram in place: entry (a, e) comes from (keep_at[a], keep_at[e]), both at or
             # after it in row-major order, so nothing is read after being overwritten.
             for e in range(kept):
-                G[t, a, e] = G[t, keep_at[a], keep_at[e]]
+                G[i, a, e] = G[i, keep_at[a], keep_at[e]]
         m_old[i] = kept
         m_new[i] = kept
 
 @numba.njit(cache=True, parallel=True)
-def check_round(corr_t, live, ws, pos, m_new, l1, gate, add_min, done):
+def check_round(corr_t, live, ws, inws, m_new, l1, gate, add_min, done):
     """For each live row, from its residual's correlations ``corr_t``: the optimality violation
     ``|corr_j| - l1`` of every atom outside the working set (those inside were just solved exactly,
     and re-checking them would only measure float32 rounding); a row with none above ``gate`` is
@@ -245,7 +288,7 @@ def check_round(corr_t, live, ws, pos, m_new, l1, gate, add_min, done):
         viol = np.empty(K)
         n_bad = 0
         for j in range(K):
-            v = abs(corr_t[t, j]) - l1 if pos[i, j] < 0 else 0.0
+            v = 0.0 if inws[i, j] else abs(corr_t[t, j]) - l1
             viol[j] = v
             if v > gate:
                 n_bad += 1
@@ -263,6 +306,36 @@ def check_round(corr_t, live, ws, pos, m_new, l1, gate, add_min, done):
         for a in range(n_add):
             j = bad[order[a]]
             ws[i, m] = j
-            pos[i, j] = m
+            inws[i, j] = True
             m += 1
         m_new[i] = m
+
+
+@numba.njit(cache=True, parallel=True)
+def bounded_candidates(u0, rows, shift, norms, limit, mask, counts):
+    """``mask[t, j] = u0[rows[t], j] + shift[t] norms[j] > limit`` (the atoms a residual that moved by
+    ``shift`` may have pushed over the limit), and the number of them per row."""
+    for t in numba.prange(rows.shape[0]):
+        i = rows[t]
+        n = 0
+        for j in range(u0.shape[1]):
+            hit = u0[i, j] + shift[t] * norms[j] > limit
+            mask[t, j] = hit
+            n += hit
+        counts[t] = n
+
+
+@numba.njit(cache=True, parallel=True)
+def store_bounds(values, rows, u0):
+    """``u0[rows[t]] = |values[t]|``."""
+    for t in numba.prange(rows.shape[0]):
+        for j in range(values.shape[1]):
+            u0[rows[t], j] = abs(values[t, j])
+
+
+@numba.njit(cache=True)
+def scatter_solution(ws, c, m_new, C):
+    """Each row's coefficients from its working set into the dense ``C`` [n, K]."""
+    for i in range(C.shape[0]):
+        for a in range(m_new[i]):
+            C[i, ws[i, a]] = c[i, a]

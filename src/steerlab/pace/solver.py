@@ -40,6 +40,7 @@ it matches scikit-learn); on the 10k SmolLM2 dictionary it stops ~8e-4 above the
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -384,11 +385,34 @@ def _solve_chunk(D: torch.Tensor, Dt: torch.Tensor, Z: torch.Tensor, cfg: Elasti
 def _solve_compiled(Dt: torch.Tensor, Z: torch.Tensor, cfg: ElasticNet, C0: torch.Tensor | None) -> torch.Tensor:
     """The same method with every per-row step compiled for the CPU (:func:`steerlab.pace.cpu_kernels.sparse_code`)."""
     C, converged = cpu_kernels.sparse_code(Dt.numpy(), Z.contiguous().numpy(), None if C0 is None else C0.numpy(),
-                                           cfg.l1, cfg.l2, cfg.tol * cfg.l1, cfg.working_set, cfg.max_outer)
+                                           cfg.l1, cfg.l2, cfg.tol * cfg.l1, cfg.working_set, cfg.max_outer,
+                                           table=_atom_table(Dt))
     out = torch.from_numpy(C)
     if not converged:
         _warn_unfinished(Dt.T, Z, out, cfg)
     return out
+
+
+# Each dictionary tensor's AtomTable, for the compiled path's checks. Keyed by the tensor that owns the
+# memory (PaCE passes a new view of its cached atoms at every step; by identity, a tensor's == being
+# elementwise), checked against the view's layout and the owner's version counter (an in-place change to
+# the atoms makes a new table), and dropped with the owner. A table is built the second time an owner is
+# seen: a dictionary made afresh for every call would pay for a table it never reuses.
+_TABLES: dict[int, tuple[weakref.ref, tuple, cpu_kernels.AtomTable | None]] = {}
+
+
+def _atom_table(Dt: torch.Tensor) -> cpu_kernels.AtomTable | None:
+    owner = Dt._base if Dt._base is not None else Dt
+    key = (Dt.data_ptr(), tuple(Dt.shape), Dt.stride(), Dt.dtype, owner._version)
+    hit = _TABLES.get(id(owner))
+    if hit is None or hit[0]() is not owner:
+        weakref.finalize(owner, _TABLES.pop, id(owner), None)
+        _TABLES[id(owner)] = (weakref.ref(owner), key, None)
+        return None
+    if hit[1] != key or hit[2] is None:
+        hit = (hit[0], key, cpu_kernels.atom_table(Dt))
+        _TABLES[id(owner)] = hit
+    return hit[2]
 
 
 def _warn_unfinished(D: torch.Tensor, Z: torch.Tensor, C: torch.Tensor, cfg: ElasticNet) -> None:
