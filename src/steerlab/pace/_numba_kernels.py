@@ -339,3 +339,28 @@ def scatter_solution(ws, c, m_new, C):
     for i in range(C.shape[0]):
         for a in range(m_new[i]):
             C[i, ws[i, a]] = c[i, a]
+
+
+@numba.njit(cache=True, parallel=True)
+def half_bounds(approx, xnorm, half_err, limit, rows, u0, unsure):
+    """For approximate correlations ``approx`` [t, K] that err by at most ``half_err_j xnorm_t``: the
+    upper bounds ``|approx| + err`` into ``u0[rows[t]]``, and in ``unsure`` the atoms the approximation
+    cannot place on one side of ``limit``."""
+    for t in numba.prange(rows.shape[0]):
+        for j in range(approx.shape[1]):
+            v = abs(approx[t, j])
+            err = half_err[j] * xnorm[t]
+            u0[rows[t], j] = v + err
+            unsure[t, j] = (v + err > limit) and (v - err <= limit)
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def refine(Dt, X, mask, out):
+    """``out[r, k] = X[r] . Dt[k]`` where ``mask[r, k]``; the rest of ``out`` is left as it is."""
+    for k in numba.prange(Dt.shape[0]):
+        for r in range(X.shape[0]):
+            if mask[r, k]:
+                s = Dt.dtype.type(0)
+                for i in range(Dt.shape[1]):
+                    s += Dt[k, i] * X[r, i]
+                out[r, k] = s

@@ -13,8 +13,10 @@ the exact optimum when it keeps the signs and every atom off the support satisfi
 <= l1``; if it does not, coordinate descent goes on from where it was and the step is tried again.
 
 For a few rows (decoding), ``X @ Dt.T`` against a 10k-atom dictionary is a memory-bound matrix-vector
-product; torch's CPU path for it ran ~4x slower here than a plain compiled loop over the atoms
-(2 threads), so :func:`with_atoms` does it that way for up to :data:`FEW_ROWS` rows.
+product; on one machine torch's CPU path for it ran ~4x slower than a plain compiled loop over the atoms
+(2 threads; on another they were even), so :func:`with_atoms` does it that way for up to
+:data:`FEW_ROWS` rows. The checks of each round (:class:`_Checks`) multiply fewer atoms, or read a
+bfloat16 copy of them, where a bound shows the answer cannot change.
 
 numba is optional (the ``pace`` extra installs it); :func:`available` says whether it is there, and
 the solver falls back to its torch path when it is not.
@@ -73,9 +75,11 @@ def with_atoms(X: np.ndarray, Dt: np.ndarray) -> np.ndarray:
 
 
 HALF_ROWS = 4
-"""Up to this many rows, a full product with the dictionary streams its bfloat16 copy (half the bytes; the
-values it may get wrong are then taken exactly, see :class:`_Checks`); from about four rows the compiled
-loop is no longer memory-bound and torch's float32 product is as fast."""
+"""Up to this many rows, a full product with the dictionary streams its bfloat16 copy through a compiled loop
+(half the bytes; the values it may get wrong are then taken exactly, see :class:`_Checks`); beyond, that
+loop is no longer memory-bound and torch's float32 product is as fast. (torch's own bfloat16 product, on a
+Xeon with AMX, was twice as fast as its float32 one alone, but gained nothing inside generation, nor on
+512 rows at once: not used.)"""
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,7 @@ class _Checks:
         return self.table is not None and self.table.half is not None and rows <= HALF_ROWS
 
     def _half(self, X: np.ndarray) -> np.ndarray:
+        """``X @ Dt'`` from the bfloat16 atoms; it errs by at most ``half_err_j ||x_t||``."""
         assert self.table is not None and self.table.half is not None
         out = np.empty((X.shape[0], self.Dt.shape[0]), dtype=np.float32)
         with _LOCK:
@@ -239,13 +244,19 @@ class _Checks:
         f = np.flatnonzero(fresh)
         if len(f):
             if self._half_ok(len(f)):
-                assert self.table.half_err is not None
-                approx = self._half(Rd[f])
-                err = norm(Rd[f].astype(np.float64), axis=1)[:, None].astype(np.float32) * self.table.half_err
-                upper = np.abs(approx) + err
-                unsure = (upper > self.limit) & (np.abs(approx) - err <= self.limit)
-                out[f] = np.where(unsure, self._some(Rd[f], unsure), approx)
-                self.u0[rows[f]] = upper
+                Rf = Rd if len(f) == len(rows) else Rd[f]
+                approx = self._half(Rf)
+                unsure = np.empty(approx.shape, dtype=np.bool_)
+                with _LOCK:
+                    _kernels().half_bounds(approx, norm(Rf.astype(np.float64), axis=1), self.table.half_err,
+                                           self.limit, rows[f], self.u0, unsure)
+                    # Atoms the approximation cannot place are taken in float32; the others keep their
+                    # approximate value (it only ranks the violators among themselves).
+                    _kernels().refine(self.Dt, np.ascontiguousarray(Rf), unsure, approx)
+                if len(f) == len(rows):
+                    out = approx
+                else:
+                    out[f] = approx
             else:
                 exact = with_atoms(Rd if len(f) == len(rows) else Rd[f], self.Dt)
                 if len(f) == len(rows):  # (the common case: no copy)
