@@ -138,14 +138,27 @@ def solve_one(G, b, c, l1, l2, max_sweeps):
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def rows_with_atoms(Dt, X, out):
-    for k in numba.prange(Dt.shape[0]):  # atoms in parallel: each thread streams its share of D once
-        for r in range(X.shape[0]):
-            # Accumulate in D's dtype, as BLAS does (float32 vectorises twice as wide). (Not ``Dt[0, 0] * 0``:
-            # numba types float32 times an integer as float64.)
+    """``X @ Dt'`` for a few rows: atoms in parallel (each thread streams its share of D once), four rows
+    per pass over an atom (each loaded atom element feeds four multiply-adds: 8 rows 0.72 ms against
+    0.98 ms one row at a time, 10,000 x 576 float32 atoms). Summed in D's dtype, as BLAS does (float32
+    vectorises twice as wide; not ``Dt[0, 0] * 0``, which numba types as float64)."""
+    n, d = X.shape
+    for k in numba.prange(Dt.shape[0]):
+        r = 0
+        while r + 4 <= n:
+            s0 = s1 = s2 = s3 = Dt.dtype.type(0)
+            for i in range(d):
+                v = Dt[k, i]
+                s0 += v * X[r, i]; s1 += v * X[r + 1, i]; s2 += v * X[r + 2, i]; s3 += v * X[r + 3, i]  # noqa: E702
+            out[r, k], out[r + 1, k], out[r + 2, k], out[r + 3, k] = s0, s1, s2, s3
+            r += 4
+        while r < n:
             s = Dt.dtype.type(0)
-            for i in range(Dt.shape[1]):
+            for i in range(d):
                 s += Dt[k, i] * X[r, i]
             out[r, k] = s
+            r += 1
+
 
 @intrinsic
 def _bits_as_float32(typingctx, bits):
@@ -159,13 +172,25 @@ def _bits_as_float32(typingctx, bits):
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def rows_with_half_atoms(Dh, X, out):
     """``X @ Dh'`` for float32 rows ``X`` against atoms stored as bfloat16 bit patterns ``Dh`` (uint16
-    [K, d]), summed in float32: half the bytes of the float32 atoms to stream."""
+    [K, d]), summed in float32: half the bytes of the float32 atoms to stream. Four rows per pass over an
+    atom, as :func:`rows_with_atoms`."""
+    n, d = X.shape
     for k in numba.prange(Dh.shape[0]):
-        for r in range(X.shape[0]):
+        r = 0
+        while r + 4 <= n:
+            s0 = s1 = s2 = s3 = np.float32(0)
+            for i in range(d):
+                v = _bits_as_float32(np.uint32(Dh[k, i]) << 16)
+                s0 += v * X[r, i]; s1 += v * X[r + 1, i]; s2 += v * X[r + 2, i]; s3 += v * X[r + 3, i]  # noqa: E702
+            out[r, k], out[r + 1, k], out[r + 2, k], out[r + 3, k] = s0, s1, s2, s3
+            r += 4
+        while r < n:
             s = np.float32(0)
-            for i in range(Dh.shape[1]):
+            for i in range(d):
                 s += _bits_as_float32(np.uint32(Dh[k, i]) << 16) * X[r, i]
             out[r, k] = s
+            r += 1
+
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def rows_with_some_atoms(Dt, X, mask, out):

@@ -54,9 +54,10 @@ def _kernels() -> ModuleType:
     return _numba_kernels
 
 
-FEW_ROWS = 4
-"""Up to this many rows :func:`with_atoms` uses the compiled loop (one row: 0.28 ms against torch's 1.0 ms
-for 10,000 x 576 float32 atoms here); from about 8 rows torch's matrix product is as fast or faster."""
+FEW_ROWS = 8
+"""Up to this many rows :func:`with_atoms` uses the compiled loop (10,000 x 576 float32 atoms, on a Xeon:
+one row 0.42 ms against torch's 0.43 ms, four 0.49 against 0.82, eight 0.72 against 0.91; on another
+machine one row took 0.28 ms against torch's 1.0 ms); beyond, torch's matrix product is as fast or faster."""
 
 # numba's parallel kernels may not be entered from two threads at once (its fallback threading layer
 # aborts the process), so calls from threads (e.g. a server's) take turns.
@@ -74,12 +75,13 @@ def with_atoms(X: np.ndarray, Dt: np.ndarray) -> np.ndarray:
     return out
 
 
-HALF_ROWS = 4
+HALF_ROWS = 2
 """Up to this many rows, a full product with the dictionary streams its bfloat16 copy through a compiled loop
-(half the bytes; the values it may get wrong are then taken exactly, see :class:`_Checks`); beyond, that
-loop is no longer memory-bound and torch's float32 product is as fast. (torch's own bfloat16 product, on a
-Xeon with AMX, was twice as fast as its float32 one alone, but gained nothing inside generation, nor on
-512 rows at once: not used.)"""
+(half the bytes; the values it may get wrong are then taken exactly, see :class:`_Checks`): one row 0.22 ms,
+two 0.33 ms, against 0.42 and 0.51 ms in float32 (10,000 x 576 atoms, a Xeon); from about four rows the
+float32 loop, four rows per pass, is as fast. (Inside generation at batch 8, bfloat16 for up to 8 rows gave
+the same time per token as this; torch's own bfloat16 product, twice as fast as its float32 one alone on a
+Xeon with AMX, gained nothing inside generation either, nor on 512 rows at once.)"""
 
 
 @dataclass(frozen=True)
