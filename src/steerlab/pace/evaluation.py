@@ -331,8 +331,11 @@ def evaluate_removal(lm: SteerModel, dictionary, partition, layers, *, task: str
                                     repetitions=repetitions, refusals=refusals(texts)))
     base = next((r for r in results if r.method == "unsteered"), None)
     if base is not None:
+        def paired(ours: Sequence[float], theirs: Sequence[float]) -> tuple[float, float]:
+            return bootstrap_ci(torch.tensor(ours, dtype=torch.float64) - torch.tensor(theirs, dtype=torch.float64))
+
         for r in results:
-            r.task_change_ci = bootstrap_ci(torch.tensor(r.task_scores) - torch.tensor(base.task_scores))
-            r.lexicon_change_ci = bootstrap_ci(torch.tensor(r.lexicon_rates) - torch.tensor(base.lexicon_rates))
-            r.refusal_change_ci = bootstrap_ci(torch.tensor(r.refusals) - torch.tensor(base.refusals))
+            r.task_change_ci = paired(r.task_scores, base.task_scores)
+            r.lexicon_change_ci = paired(r.lexicon_rates, base.lexicon_rates)
+            r.refusal_change_ci = paired(r.refusals, base.refusals)
     return PaceEval(task, lm.name, list(layers), len(dictionary), len(lexicon), results)
