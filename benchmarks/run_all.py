@@ -57,6 +57,8 @@ class Bench:
 
 
 EVAL_METHODS = ["unsteered", "pace", "pace-positive", "orthogonal", "subtraction"]
+
+
 def _judged_1_5b(task: str) -> Bench:
     """PaCE on the 1.5B three-block dictionary with the 1.5B judge's labels for ``task`` (600-concept shortlist)."""
     out = f"pace-{task}-llm-partition-1.5b"

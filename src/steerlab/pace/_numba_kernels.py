@@ -6,7 +6,7 @@ compiled inside a function, they were compiled again in every process (~10 s).
 import numba
 import numpy as np
 from numba.core import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 
 @numba.njit(cache=True, nogil=True)
@@ -136,30 +136,6 @@ def solve_one(G, b, c, l1, l2, max_sweeps):
         thr = max(thr * 0.1, 1e-13 * l1)
     return sweeps
 
-@numba.njit(cache=True, parallel=True, fastmath=True)
-def rows_with_atoms(Dt, X, out):
-    """``X @ Dt'`` for a few rows: atoms in parallel (each thread streams its share of D once), four rows
-    per pass over an atom (each loaded atom element feeds four multiply-adds: 8 rows 0.72 ms against
-    0.98 ms one row at a time, 10,000 x 576 float32 atoms). Summed in D's dtype, as BLAS does (float32
-    vectorises twice as wide; not ``Dt[0, 0] * 0``, which numba types as float64)."""
-    n, d = X.shape
-    for k in numba.prange(Dt.shape[0]):
-        r = 0
-        while r + 4 <= n:
-            s0 = s1 = s2 = s3 = Dt.dtype.type(0)
-            for i in range(d):
-                v = Dt[k, i]
-                s0 += v * X[r, i]; s1 += v * X[r + 1, i]; s2 += v * X[r + 2, i]; s3 += v * X[r + 3, i]  # noqa: E702
-            out[r, k], out[r + 1, k], out[r + 2, k], out[r + 3, k] = s0, s1, s2, s3
-            r += 4
-        while r < n:
-            s = Dt.dtype.type(0)
-            for i in range(d):
-                s += Dt[k, i] * X[r, i]
-            out[r, k] = s
-            r += 1
-
-
 @intrinsic
 def _bits_as_float32(typingctx, bits):
     """The float32 whose bit pattern is the uint32 ``bits`` (a bfloat16 is the top half of one)."""
@@ -169,39 +145,53 @@ def _bits_as_float32(typingctx, bits):
     return types.float32(types.uint32), codegen
 
 
+def _atom_value(x):
+    """An atom element as a number: itself, or the float32 of a bfloat16 stored as its uint16 bits."""
+
+
+@overload(_atom_value)
+def _atom_value_impl(x):
+    if isinstance(x, types.Integer):
+        return lambda x: _bits_as_float32(np.uint32(x) << 16)
+    return lambda x: x
+
+
+def _sum_zero(D):
+    """The zero that sums over ``D``'s elements start from: ``D``'s own dtype (as BLAS sums; float32
+    vectorises twice as wide. Not ``D[0, 0] * 0``, which numba types as float64), float32 for bfloat16
+    bits."""
+
+
+@overload(_sum_zero)
+def _sum_zero_impl(D):
+    if isinstance(D.dtype, types.Integer):
+        return lambda D: np.float32(0)
+    return lambda D: D.dtype.type(0)
+
+
 @numba.njit(cache=True, parallel=True, fastmath=True)
-def rows_with_half_atoms(Dh, X, out):
-    """``X @ Dh'`` for float32 rows ``X`` against atoms stored as bfloat16 bit patterns ``Dh`` (uint16
-    [K, d]), summed in float32: half the bytes of the float32 atoms to stream. Four rows per pass over an
-    atom, as :func:`rows_with_atoms`."""
+def rows_with_atoms(Dt, X, out):
+    """``X @ Dt'`` for a few rows, against float atoms or bfloat16 ones stored as their uint16 bits (half
+    the bytes to stream; summed in float32). Atoms in parallel (each thread streams its share of D once),
+    four rows per pass over an atom (each loaded atom element feeds four multiply-adds: 8 rows 0.72 ms
+    against 0.98 ms one row at a time, 10,000 x 576 float32 atoms)."""
     n, d = X.shape
-    for k in numba.prange(Dh.shape[0]):
+    for k in numba.prange(Dt.shape[0]):
         r = 0
         while r + 4 <= n:
-            s0 = s1 = s2 = s3 = np.float32(0)
+            s0 = s1 = s2 = s3 = _sum_zero(Dt)
             for i in range(d):
-                v = _bits_as_float32(np.uint32(Dh[k, i]) << 16)
+                v = _atom_value(Dt[k, i])
                 s0 += v * X[r, i]; s1 += v * X[r + 1, i]; s2 += v * X[r + 2, i]; s3 += v * X[r + 3, i]  # noqa: E702
             out[r, k], out[r + 1, k], out[r + 2, k], out[r + 3, k] = s0, s1, s2, s3
             r += 4
         while r < n:
-            s = np.float32(0)
+            s = _sum_zero(Dt)
             for i in range(d):
-                s += _bits_as_float32(np.uint32(Dh[k, i]) << 16) * X[r, i]
+                s += _atom_value(Dt[k, i]) * X[r, i]
             out[r, k] = s
             r += 1
 
-
-@numba.njit(cache=True, parallel=True, fastmath=True)
-def rows_with_some_atoms(Dt, X, mask, out):
-    """``out[r, k] = X[r] . Dt[k]`` where ``mask[r, k]``, else 0."""
-    for k in numba.prange(Dt.shape[0]):
-        for r in range(X.shape[0]):
-            s = Dt.dtype.type(0)
-            if mask[r, k]:
-                for i in range(Dt.shape[1]):
-                    s += Dt[k, i] * X[r, i]
-            out[r, k] = s
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def gram_rows(A, m_old, m, G):
@@ -381,7 +371,8 @@ def half_bounds(approx, xnorm, half_err, limit, rows, u0, unsure):
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def refine(Dt, X, mask, out):
-    """``out[r, k] = X[r] . Dt[k]`` where ``mask[r, k]``; the rest of ``out`` is left as it is."""
+    """``out[r, k] = X[r] . Dt[k]`` where ``mask[r, k]``; the rest of ``out`` is left as it is (on zeros:
+    the products of just the masked atoms)."""
     for k in numba.prange(Dt.shape[0]):
         for r in range(X.shape[0]):
             if mask[r, k]:

@@ -210,14 +210,13 @@ class _Checks:
         assert self.table is not None and self.table.half is not None
         out = np.empty((X.shape[0], self.Dt.shape[0]), dtype=np.float32)
         with _LOCK:
-            _kernels().rows_with_half_atoms(self.table.half, np.ascontiguousarray(X, dtype=np.float32), out)
+            _kernels().rows_with_atoms(self.table.half, np.ascontiguousarray(X, dtype=np.float32), out)
         return out
 
-    def _some(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = np.empty(mask.shape, dtype=self.Dt.dtype)
+    def _refine(self, X: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
+        """``out[r, k] = X[r] . Dt[k]`` in the dictionary's dtype where ``mask[r, k]``."""
         with _LOCK:
-            _kernels().rows_with_some_atoms(self.Dt, np.ascontiguousarray(X), mask, out)
-        return out
+            _kernels().refine(self.Dt, np.ascontiguousarray(X), mask, out)
 
     def first(self, Z: np.ndarray) -> np.ndarray:
         return self._half(Z) if self._half_ok(Z.shape[0]) else with_atoms(Z, self.Dt)
@@ -240,33 +239,32 @@ class _Checks:
                 _kernels().bounded_candidates(self.u0, rows[old], shift.astype(self.Dt.dtype), self.table.norms,
                                               self.limit, mask, counts)
             small = counts <= self.Dt.shape[0] // 8
-            if small.any():
-                out[old[small]] = self._some(Rd[old[small]], mask[small])
+            if small.any():  # the ruled-out atoms read 0
+                some = np.zeros((int(small.sum()), self.Dt.shape[0]), dtype=self.Dt.dtype)
+                self._refine(Rd[old[small]], mask[small], some)
+                out[old[small]] = some
             fresh[old[~small]] = True
         f = np.flatnonzero(fresh)
         if len(f):
+            every = len(f) == len(rows)
+            Rf = Rd if every else np.ascontiguousarray(Rd[f])
             if self._half_ok(len(f)):
-                Rf = Rd if len(f) == len(rows) else Rd[f]
-                approx = self._half(Rf)
-                unsure = np.empty(approx.shape, dtype=np.bool_)
+                values = self._half(Rf)
+                unsure = np.empty(values.shape, dtype=np.bool_)
                 with _LOCK:
-                    _kernels().half_bounds(approx, norm(Rf.astype(np.float64), axis=1), self.table.half_err,
+                    _kernels().half_bounds(values, norm(Rf.astype(np.float64), axis=1), self.table.half_err,
                                            self.limit, rows[f], self.u0, unsure)
-                    # Atoms the approximation cannot place are taken in float32; the others keep their
-                    # approximate value (it only ranks the violators among themselves).
-                    _kernels().refine(self.Dt, np.ascontiguousarray(Rf), unsure, approx)
-                if len(f) == len(rows):
-                    out = approx
-                else:
-                    out[f] = approx
+                # Atoms the approximation cannot place are taken in float32; the others keep their
+                # approximate value (it only ranks the violators among themselves).
+                self._refine(Rf, unsure, values)
             else:
-                exact = with_atoms(Rd if len(f) == len(rows) else Rd[f], self.Dt)
-                if len(f) == len(rows):  # (the common case: no copy)
-                    out = exact
-                else:
-                    out[f] = exact
+                values = with_atoms(Rf, self.Dt)
                 with _LOCK:
-                    _kernels().store_bounds(exact, rows[f], self.u0)
+                    _kernels().store_bounds(values, rows[f], self.u0)
+            if every:  # (the common case: no copy)
+                out = values
+            else:
+                out[f] = values
             self.r0[rows[f]] = R[f]
             self.seen[rows[f]] = True
         return out
