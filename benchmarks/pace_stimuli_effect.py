@@ -7,7 +7,7 @@ project templates, one from sentences written by a local instruct model (``model
 resumable, so a second run reads them back). The list is the task's undesirable words among the
 10,000 most frequent (labelled by the embedding partitioner on the words alone, so both dictionaries
 get the same labels) filled up with the most frequent other words, so the undesirable part of the
-activation is covered by atoms in both dictionaries at a size this machine can write for (~3 s per word
+activation is covered by atoms in both dictionaries at a size this machine can write for (~4.7 s per word
 on 2 cores). Both run the task's 48 prompts greedily; the unsteered outputs are shared, so every PaCE
 row pairs with the other dictionary's row of the same prompt. Reported: the task's table for each
 dictionary, the paired written-minus-template differences with 95% bootstrap intervals, and how much of
