@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from statistics import fmean
 
-import torch
 from common import save_report
 
 import steerlab
 from steerlab.capture import capture
-from steerlab.evaluate.stats import bootstrap_ci
 from steerlab.pace import EmbeddingPartitioner, build_dictionary, concept_words
-from steerlab.pace.evaluation import PROMPTS, evaluate_removal
+from steerlab.pace.evaluation import PROMPTS, evaluate_removal, paired_ci
 from steerlab.pace.partition import get_task
 from steerlab.pace.removal import PaCE
 from steerlab.pace.stimuli import model_stimuli
@@ -105,9 +104,7 @@ def main() -> None:
         for what, x, y in (("topic score" if args.task == "no-food" else "task score", a.task_scores, b.task_scores),
                            ("undesirable-word rate", a.lexicon_rates, b.lexicon_rates),
                            ("repeated 2-grams", a.repetitions, b.repetitions)):
-            d = torch.tensor(x, dtype=torch.float64) - torch.tensor(y, dtype=torch.float64)
-            lo, hi = bootstrap_ci(d)
-            diffs.append((method, what, d.mean().item(), lo, hi))
+            diffs.append((method, what, fmean(x) - fmean(y), *paired_ci(x, y)))
     lines = [f"# Template vs model-written stimuli downstream: PaCE on {lm.name}, task {args.task}", "",
              f"{len(concepts)} concepts ({n_bad} labelled undesirable for {args.task} by the embedding partitioner "
              f"among the 10,000 most frequent words, the rest the most frequent others), blocks {args.layers}; "
@@ -132,7 +129,7 @@ def main() -> None:
                  "concepts": concepts, "undesirable": labels[0], "per_concept": args.per_concept,
                  "usable": usable, "write_seconds": write_s, "build_seconds": build_s,
                  "edit_size": sizes, "differences": diffs,
-                 "results": {name: [{k: v for k, v in vars(r).items()} for r in ev.results]
+                 "results": {name: [dict(vars(r)) for r in ev.results]
                              for name, ev in evals.items()}})
 
 

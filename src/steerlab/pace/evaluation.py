@@ -292,6 +292,11 @@ class PaceEval(Report):
                 f"layers {self.layers}")
 
 
+def paired_ci(ours: Sequence[float], theirs: Sequence[float]) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of ``ours - theirs``, paired by prompt (in float64)."""
+    return bootstrap_ci(torch.tensor(ours, dtype=torch.float64) - torch.tensor(theirs, dtype=torch.float64))
+
+
 def evaluate_removal(lm: SteerModel, dictionary, partition, layers, *, task: str, prompts=None,
                      methods=("unsteered", "pace", "orthogonal", "subtraction"), max_new_tokens: int = 40,
                      batch_size: int = 8, method_kwargs: dict | None = None,
@@ -331,11 +336,8 @@ def evaluate_removal(lm: SteerModel, dictionary, partition, layers, *, task: str
                                     repetitions=repetitions, refusals=refusals(texts)))
     base = next((r for r in results if r.method == "unsteered"), None)
     if base is not None:
-        def paired(ours: Sequence[float], theirs: Sequence[float]) -> tuple[float, float]:
-            return bootstrap_ci(torch.tensor(ours, dtype=torch.float64) - torch.tensor(theirs, dtype=torch.float64))
-
         for r in results:
-            r.task_change_ci = paired(r.task_scores, base.task_scores)
-            r.lexicon_change_ci = paired(r.lexicon_rates, base.lexicon_rates)
-            r.refusal_change_ci = paired(r.refusals, base.refusals)
+            r.task_change_ci = paired_ci(r.task_scores, base.task_scores)
+            r.lexicon_change_ci = paired_ci(r.lexicon_rates, base.lexicon_rates)
+            r.refusal_change_ci = paired_ci(r.refusals, base.refusals)
     return PaceEval(task, lm.name, list(layers), len(dictionary), len(lexicon), results)
