@@ -1,5 +1,7 @@
 """PaCE: solver against scikit-learn, dictionary building and files, partitioners, removal."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -603,7 +605,7 @@ def test_model_written_stimuli_resume_without_repeating_work(tmp_path):
             raise RuntimeError("interrupted")
         real_write(model, shard)  # the tiny model's text is noise: keep one known sentence per concept
         written.extend(shard.concepts)
-        return {c: [f"A sentence about {c} today."] for c in shard.concepts}
+        return {c: f"Sure, here are 2 sentences about {c}:\n1. A sentence about {c} today." for c in shard.concepts}
 
     stim.write_shard = interrupted_once
     try:
@@ -617,6 +619,12 @@ def test_model_written_stimuli_resume_without_repeating_work(tmp_path):
     # The second run wrote only the shards the first did not finish.
     assert written == ["love", "hate", "rain", "fox", "dog"]
     assert out == {w: [f"A sentence about {w} today."] for w in words}
+    # Shards keep the writer's replies; shards kept by an earlier version (parsed sentences) are parsed again.
+    kept = sorted(folder.glob("shard-*.json"))
+    assert json.loads(kept[0].read_text())["love"].startswith("Sure, here are")
+    kept[0].write_text(json.dumps({"love": ["**A sentence about love today.**"], "hate": ["Hate:"]}))
+    again = stim.model_stimuli(lm, words, per_concept=2, max_new_tokens=6, shard=2, folder=folder)
+    assert again["love"] == ["A sentence about love today."] and again["hate"] == []
     # Written sentences build the same atoms as the same sentences, after the lead-in, as a template.
     d = build_dictionary(lm, words, [1], sentences=out)
     assert d.meta["stimuli"] == "model-written" and d.meta["concepts_with_written_stimuli"] == len(words)
@@ -639,6 +647,12 @@ def test_stimulus_sentences_are_parsed_and_spanned():
     assert parse_sentences(reply, "dog", 5) == ["The dog barked at the mailman.", "My Dog sleeps all day.",
                                                 "A dog, a cat."]
     assert parse_sentences(reply, "dog", 1) == ["The dog barked at the mailman."]
+    # A small writer's preamble, headings and markdown (seen in Qwen2.5-Coder-0.5B's replies).
+    reply = ('Sure, here are 3 short sentences with the word "dog":\n**1. The dog ran home.**\n'
+             "**Scenario 2:** A dog slept on the porch.\n**Dog Days**\nDog: The cat ignored everyone.\n"
+             "3. **Dog walkers** meet at noon.")
+    assert parse_sentences(reply, "dog", 5) == ["The dog ran home.", "A dog slept on the porch.",
+                                                "Dog walkers meet at noon."]
     assert concept_span("My Dog sleeps", "dog") == (3, 6) and concept_span("hotdog", "dog") is None
 
 
