@@ -43,13 +43,14 @@ def _random_problem(d=64, K=600, B=12, seed=0):
 KERNELS = ["auto", "torch"]
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+# working set 2: the working sets, and the compiled path's Gram buffers, grow many times
+@pytest.mark.parametrize("kernel,working_set", [(k, 96) for k in KERNELS] + [("auto", 2)])
 @pytest.mark.parametrize("alpha,tau", [(0.05, 0.95), (0.01, 0.5), (0.05, 1.0)])
-def test_solver_matches_sklearn(alpha, tau, kernel):
+def test_solver_matches_sklearn(alpha, tau, kernel, working_set):
     from sklearn.linear_model import ElasticNet as SkElasticNet
 
     D, Z = _random_problem()
-    cfg = ElasticNet(alpha=alpha, tau=tau, tol=1e-6, kernel=kernel)
+    cfg = ElasticNet(alpha=alpha, tau=tau, tol=1e-6, kernel=kernel, working_set=working_set)
     C = sparse_code(D, Z, cfg)
     ours = objective(D, Z, C, cfg)
     d = D.shape[0]
