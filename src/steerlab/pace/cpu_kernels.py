@@ -68,6 +68,8 @@ def with_atoms(X: np.ndarray, Dt: np.ndarray) -> np.ndarray:
     """``X @ Dt.T`` for rows ``X`` [n, d] against atom rows ``Dt`` [K, d] (same dtype): the compiled loop
     for up to :data:`FEW_ROWS` rows, torch's matrix product for more."""
     if X.shape[0] > FEW_ROWS:
+        # (torch's product, never numpy's: numpy's bundled BLAS leaves its threads spinning after a call, and
+        # one small numpy product per check slowed a whole PaCE generation, model included, 2-3x.)
         return (torch.from_numpy(X) @ torch.from_numpy(Dt).T).numpy()
     out = np.empty((X.shape[0], Dt.shape[0]), dtype=Dt.dtype)
     with _LOCK:
