@@ -47,10 +47,9 @@ def concept_list(task: str, size: int, pool: int = 10000) -> tuple[list[str], in
     return [w for w in words if w in keep], n_bad
 
 
-def edit_size(lm, steering: PaCE, prompts: list[str], layers: list[int]) -> tuple[float, float]:
-    """Over the prompts' positions at every block: the mean share of an activation's norm PaCE removes,
-    and the mean number of non-zero coefficients per position."""
-    acts = capture(lm, prompts, layers, positions="all", chat=True)
+def edit_size(steering: PaCE, acts: dict, layers: list[int]) -> tuple[float, float]:
+    """Over the prompts' positions ``acts`` (per block) at every block: the mean share of an activation's
+    norm PaCE removes, and the mean number of non-zero coefficients per position."""
     for layer in layers:
         steering.edit(acts[layer].float(), layer)
     stats = steering.stats
@@ -92,7 +91,8 @@ def main() -> None:
                                     methods=["unsteered", "pace", "pace-positive"],
                                     max_new_tokens=args.max_new_tokens)
              for name, d in built.items()}
-    sizes = {name: edit_size(lm, PaCE(d, partitions[name], layers), prompts, layers) for name, d in built.items()}
+    acts = capture(lm, prompts, layers, positions="all", chat=True)  # the same activations for both dictionaries
+    sizes = {name: edit_size(PaCE(d, partitions[name], layers), acts, layers) for name, d in built.items()}
 
     def by_method(name: str) -> dict:
         return {r.method: r for r in evals[name].results}
