@@ -282,6 +282,10 @@ def solve_round(Dt, Z, live, ws, inws, m_old, m_new, G, c, R, l1, l2, max_sweeps
                 kept += 1
             else:
                 inws[i, w[a]] = False
+        for a in range(kept, m):
+            # The dropped atoms' places: the next round's new atoms go here and start from zero (left as
+            # they were, they started from another atom's coefficient).
+            c[i, a] = 0.0
         for a in range(kept):
             # Compact the Gram in place: entry (a, e) comes from (keep_at[a], keep_at[e]), both at or
             # after it in row-major order, so nothing is read after being overwritten.
