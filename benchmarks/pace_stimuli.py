@@ -8,7 +8,7 @@ belong to its own group; chance is 7/159 = 0.044. Reported with a 95% bootstrap 
 and the paired difference.
 
 Run: .venv/bin/python benchmarks/pace_stimuli.py [--model smollm2-135m] [--writer qwen2.5-coder-0.5b]
-Writes benchmarks/results/pace-stimuli.md and .json.
+Writes benchmarks/results/pace-stimuli.md and .json (pace-stimuli-<model>-<writer> for other ones).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from steerlab.evaluate.stats import bootstrap_ci
 from steerlab.pace import build_dictionary
 from steerlab.pace.stimuli import model_stimuli
 
+MODEL, WRITER = "smollm2-135m", "qwen2.5-coder-0.5b"
 GROUPS = {
     "animals": "dog cat horse cow sheep lion tiger rabbit",
     "colours": "red blue green yellow purple orange pink brown",
@@ -58,8 +59,8 @@ def purity(atoms: torch.Tensor, group: torch.Tensor, k: int = 5) -> torch.Tensor
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--writer", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--writer", default=WRITER)
     parser.add_argument("--layer", type=int, default=15)
     parser.add_argument("--per-concept", type=int, default=8)
     args = parser.parse_args()
@@ -118,7 +119,9 @@ def main() -> None:
               for g in GROUPS]
     lines += ["", "Examples of written sentences:", ""]
     lines += [f"- {w}: " + " / ".join(s) for w, s in report["examples"].items()]
-    save_report("pace-stimuli", lines, report)
+    # Another model or writer gets its own report beside the default one.
+    save_report("-".join(["pace-stimuli"] + [name for name, default in ((lm.name, MODEL), (args.writer, WRITER))
+                                             if name != default]), lines, report)
 
 
 if __name__ == "__main__":

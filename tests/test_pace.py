@@ -804,6 +804,12 @@ def test_pace_build_cli_with_model_written_stimuli(tmp_path, monkeypatch, capsys
     assert d.concepts == ["dog", "cat", "rain"] and d.meta["concepts_with_written_stimuli"] >= 1, first
     # Written once: the second build reads the sentences from the cache and gives the same atoms.
     assert len(list((tmp_path / "cache" / "pace-stimuli").rglob("shard-*.json"))) == 1
+    # The folder says what it holds (its name is a hash), and `steerlab cache` shows it.
+    manifest = json.loads(next((tmp_path / "cache" / "pace-stimuli").rglob("manifest.json")).read_text())
+    assert manifest["writer"] == "smollm2-135m" and manifest["concepts_head"] == ["dog", "cat", "rain"]
+    assert main(["cache"]) == 0
+    listed = capsys.readouterr().out
+    assert "stimuli by smollm2-135m: 3 concepts (dog, cat, rain, ...), 2 per concept, 1 of 1 shards" in listed
     assert main(args) == 0
     assert torch.equal(ConceptDictionary.load(dic).atoms[6], d.atoms[6])
 

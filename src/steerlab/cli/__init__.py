@@ -1,6 +1,6 @@
 """The ``steerlab`` command line. One module per command group (:mod:`.vectors`: extract, generate,
 export, info; :mod:`.evaluate`: sweep, reliability; :mod:`.harness`: eval, card; :mod:`.serve`;
-:mod:`.pace`; :mod:`.demo`) and the arguments they share (:mod:`.args`). Commands only translate
+:mod:`.pace`; :mod:`.cache`; :mod:`.demo`) and the arguments they share (:mod:`.args`). Commands only translate
 arguments into library calls."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import argparse
 import sys
 
 from ..errors import SteerlabError
-from . import demo, evaluate, harness, pace, serve, vectors
+from . import cache, demo, evaluate, harness, pace, serve, vectors
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steerlab", description="Steer language models by editing activations.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (vectors, evaluate, harness, serve, pace, demo):
+    for group in (vectors, evaluate, harness, serve, pace, cache, demo):
         group.add_parsers(sub)
     return parser
 

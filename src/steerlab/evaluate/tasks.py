@@ -26,15 +26,14 @@ from pathlib import Path
 from ..datasets import ContrastivePair, answer_letter, load
 from ..errors import InputError
 from ..safefile import atomic_write
+from ..sources import cache_dir
 from .capability import load_facts, load_general_knowledge
 
 BUILTIN_TASKS = ("steerlab_quiz", "steerlab_facts", "steerlab_facts_mc")
 
 
 def default_folder() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("steerlab")) / "lm-eval-tasks"
+    return cache_dir() / "lm-eval-tasks"
 
 
 def task_name(path: str | Path) -> str:

@@ -132,6 +132,12 @@ def model_stimuli(writer: SteerModel, concepts: Sequence[str], *, per_concept: i
     folder.mkdir(parents=True, exist_ok=True)
     shards = [StimuliShard(concepts[s: s + shard], per_concept, max_new_tokens, batch_size, prompt, seed + s)
               for s in range(0, len(concepts), shard)]
+    manifest = folder / "manifest.json"
+    if not manifest.exists():  # what the folder holds, for `steerlab cache` (its name is only a hash)
+        text = json.dumps({"writer": writer.name, "n_concepts": len(concepts), "concepts_head": concepts[:5],
+                           "per_concept": per_concept, "max_new_tokens": max_new_tokens, "seed": seed,
+                           "prompt": prompt, "n_shards": len(shards)}, ensure_ascii=False, indent=1)
+        atomic_write(manifest, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     out: dict[str, list[str]] = {}
     todo: list[tuple[StimuliShard, Path]] = []
     for i, sh in enumerate(shards):
