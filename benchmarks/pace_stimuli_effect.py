@@ -13,8 +13,11 @@ row pairs with the other dictionary's row of the same prompt. Reported: the task
 dictionary, the paired written-minus-template differences with 95% bootstrap intervals, and how much of
 each activation the edit removes.
 
+With ``--match-edit`` the dictionary whose PaCE edit is smaller (the share of the prompts' activations
+it removes) also runs scaled up to the other's, per variant, and is compared at that matched edit size.
+
 Run: .venv/bin/python benchmarks/pace_stimuli_effect.py [--model smollm2-135m] [--writer qwen2.5-coder-0.5b]
-     [--size 1000] [--layers 10,15,20] [--task no-food]
+     [--size 1000] [--layers 10,15,20] [--task no-food] [--match-edit]
 Writes benchmarks/results/pace-stimuli-effect-<model>-<task>.md and .json.
 """
 
@@ -67,6 +70,8 @@ def main() -> None:
     parser.add_argument("--writer-batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--match-edit", action="store_true",
+                        help="also run the dictionary with the smaller edit scaled up to the other's edit size")
     args = parser.parse_args()
     layers = [int(x) for x in args.layers.split(",")]
 
@@ -87,20 +92,39 @@ def main() -> None:
     labels = [p.undesirable_concepts for p in partitions.values()]
     assert labels[0] == labels[1], "the two dictionaries must share their labels"
     prompts = PROMPTS[args.task][: args.prompts]
-    evals = {name: evaluate_removal(lm, d, partitions[name], layers, task=args.task, prompts=prompts,
-                                    methods=["unsteered", "pace", "pace-positive"],
-                                    max_new_tokens=args.max_new_tokens)
-             for name, d in built.items()}
     acts = capture(lm, prompts, layers, positions="all", chat=True)  # the same activations for both dictionaries
     sizes = {name: edit_size(PaCE(d, partitions[name], layers), acts, layers) for name, d in built.items()}
+    # --match-edit: the dictionary whose edit is smaller also runs with its edit scaled up (``strength``) to
+    # remove as much of the prompts' activations as the other's, per variant, so that a difference between
+    # the dictionaries is not just a difference in how much they remove.
+    matched: dict[str, dict] = {name: {} for name in built}
+    if args.match_edit:
+        for sign, method in (("both", "pace"), ("positive", "pace-positive")):
+            share = {name: edit_size(PaCE(d, partitions[name], layers, sign=sign), acts, layers)[0]
+                     for name, d in built.items()}
+            small, big = sorted(share, key=share.get)
+            strength = share[big] / share[small]
+            matched[small][f"{method} x{strength:.2f}"] = PaCE(built[small], partitions[small], layers, sign=sign,
+                                                               strength=strength)
+    evals = {name: evaluate_removal(lm, d, partitions[name], layers, task=args.task, prompts=prompts,
+                                    methods=["unsteered", "pace", "pace-positive"],
+                                    max_new_tokens=args.max_new_tokens, steerings=matched[name])
+             for name, d in built.items()}
 
     def by_method(name: str) -> dict:
         return {r.method: r for r in evals[name].results}
 
     tmpl, written = by_method("templates"), by_method("model-written")
+    # Each written row against the template row of the same variant; a matched row against the other
+    # dictionary's unscaled row of its variant.
+    pairs = [(m, written[m], tmpl[m]) for m in ("pace", "pace-positive")]
+    for name, rows in matched.items():
+        for label in rows:
+            m = label.split(" x")[0]
+            a, b = (written[label], tmpl[m]) if name == "model-written" else (written[m], tmpl[label])
+            pairs.append((f"{m}, {name} at matched edit ({label})", a, b))
     diffs = []
-    for method in ("pace", "pace-positive"):
-        a, b = written[method], tmpl[method]
+    for method, a, b in pairs:
         for what, x, y in (("topic score" if args.task == "no-food" else "task score", a.task_scores, b.task_scores),
                            ("undesirable-word rate", a.lexicon_rates, b.lexicon_rates),
                            ("repeated 2-grams", a.repetitions, b.repetitions)):

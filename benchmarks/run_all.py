@@ -102,8 +102,10 @@ BENCHMARKS = [
           "batched elastic net vs scikit-learn; PaCE generation cost", [str(DICTIONARY)]),
     Bench("pace-stimuli", ["pace_stimuli.py"], ["pace-stimuli"], 15,
           "template vs model-written concept stimuli: neighbour purity on 160 grouped probe words"),
-    Bench("pace-stimuli-effect", ["pace_stimuli_effect.py"], ["pace-stimuli-effect-smollm2-135m-no-food"], 80,
-          "template vs model-written stimuli downstream: PaCE removing food with each 1,000-concept dictionary"),
+    Bench("pace-stimuli-effect", ["pace_stimuli_effect.py", "--match-edit"],
+          ["pace-stimuli-effect-smollm2-135m-no-food"], 80,
+          "template vs model-written stimuli downstream: PaCE removing food with each 1,000-concept dictionary, "
+          "also at matched edit size"),
     Bench("pace-effect", ["pace_effect.py"], ["pace-effect-qwen2.5-coder-1.5b"], 40,
           "PaCE vs projection, subtraction and CAA removing negative sentiment on Qwen2.5-Coder-1.5B, with intervals"),
     Bench("pace-effect-no-food", ["pace_effect.py", "--model", "smollm2-135m", "--concepts", "10000", "--task",
