@@ -68,6 +68,9 @@ def test_cache_cli_lists_and_removes(cache, capsys):
     assert main(["cache"]) == 0
     out = capsys.readouterr().out
     assert "6 entries" in out and "[stale]" in out and "steerlab cache remove --stale" in out
+    assert main(["cache", "list", "--stale"]) == 0
+    out = capsys.readouterr().out
+    assert "1 stale entry, 1.5 KB" in out and "models/smollm2-135m-transformers0.1" in out and "gguf" not in out
     assert main(["cache", "remove"]) == 2
     assert "Name the entries to remove" in capsys.readouterr().err
     assert main(["cache", "list", "gguf/m.gguf"]) == 2

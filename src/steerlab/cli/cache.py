@@ -11,8 +11,9 @@ def cmd_cache(args) -> int:
     if args.action == "list":
         if args.entries:
             raise InputError("`steerlab cache list` takes no names; to remove entries: steerlab cache remove KIND/NAME")
-        found = entries()
-        print(f"{cache_dir()}: {len(found)} entries, {human_size(sum(e.size for e in found))}")
+        found = [e for e in entries() if e.stale or not args.stale]
+        what = ("stale " if args.stale else "") + ("entry" if len(found) == 1 else "entries")
+        print(f"{cache_dir()}: {len(found)} {what}, {human_size(sum(e.size for e in found))}")
         for e in found:
             flag = "  [stale]" if e.stale else ""
             print(f"  {e.key:60s} {human_size(e.size):>9s}  {age(e.modified):>8s}  {e.note}{flag}")
@@ -32,6 +33,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("cache", help="list the user cache (converted models, stimuli, labels) or remove entries")
     p.add_argument("action", nargs="?", choices=["list", "remove"], default="list")
     p.add_argument("entries", nargs="*", help="remove: entries as kind/name (as listed)")
-    p.add_argument("--stale", action="store_true", help="remove: also every stale entry (e.g. a model converted "
-                                                        "for another transformers version)")
+    p.add_argument("--stale", action="store_true",
+                   help="list: only the stale entries; remove: also every stale entry (e.g. a model converted for "
+                        "another transformers version)")
     p.set_defaults(func=cmd_cache)
