@@ -2,7 +2,7 @@
 
 The cache grows with use and nothing in it expires by itself: each built-in model is converted once per
 transformers major.minor version (a copy written by one version has been seen to load wrong in
-another, so an upgrade leaves the old copy behind, ~1-7 GB each), GGUF files are assembled from their
+another, so an upgrade leaves the old copy behind, 0.5-7 GB each), GGUF files are assembled from their
 slices, concept labels and model-written stimuli are kept per input. :func:`entries` lists each entry
 with its size and what it is; an entry is *stale* when steerlab can no longer read it (a model
 converted for another transformers version). ``steerlab cache`` is the command line for both.
