@@ -21,6 +21,9 @@ def test_actadd_vector_is_padded_difference_at_block_input():
     b = capture(lm, [neg], 1, positions="all")[1]
     torch.testing.assert_close(vec.layers[2], 3.0 * (a - b), atol=1e-5, rtol=1e-5)
     assert vec.site == "input" and vec.apply == "front"
+    # Over the common token prefix ("I") the difference is exactly zero, however a batch rounds it.
+    common = next(i for i, (x, y) in enumerate(zip(pos, neg, strict=True)) if x != y)
+    assert common >= 1 and bool((vec.layers[2][:common] == 0).all()) and bool(vec.layers[2][common].ne(0).any())
 
 
 def test_actadd_injects_exactly_the_first_n_positions_of_the_prompt_pass():

@@ -61,6 +61,11 @@ def extract(lm: SteerModel, positive: str, negative: str, layer: int, *, coeff: 
     neg_ids = neg_ids + [space] * (n - len(neg_ids))
     acts = capture(lm, [pos_ids, neg_ids], layer, positions="all", site="input")[layer]
     steering = (acts[:n] - acts[n:]) * coeff
+    # Over the prompts' common token prefix a causal model's activations are equal, so the difference is
+    # zero there; set it exactly, since a batched matrix product may round two equal rows differently
+    # (seen in vLLM's front-end process: the pair then seemed to differ from its first token).
+    common = next((i for i, (a, b) in enumerate(zip(pos_ids, neg_ids, strict=True)) if a != b), n)
+    steering[:common] = 0.0
     return SteeringVector(
         {layer: steering}, model_name=lm.name, hidden_size=lm.hidden_size, method="actadd", site="input",
         apply="front",
