@@ -93,19 +93,25 @@ def main() -> None:
     assert labels[0] == labels[1], "the two dictionaries must share their labels"
     prompts = PROMPTS[args.task][: args.prompts]
     acts = capture(lm, prompts, layers, positions="all", chat=True)  # the same activations for both dictionaries
-    sizes = {name: edit_size(PaCE(d, partitions[name], layers), acts, layers) for name, d in built.items()}
+
+    def sizes_for(sign: str) -> dict[str, tuple[float, float]]:
+        return {name: edit_size(PaCE(d, partitions[name], layers, sign=sign), acts, layers)
+                for name, d in built.items()}
+
+    sizes = sizes_for("both")
     # --match-edit: the dictionary whose edit is smaller also runs with its edit scaled up (``strength``) to
     # remove as much of the prompts' activations as the other's, per variant, so that a difference between
     # the dictionaries is not just a difference in how much they remove.
     matched: dict[str, dict] = {name: {} for name in built}
+    variant: dict[str, str] = {}  # each matched row's label -> the variant it scales
     if args.match_edit:
         for sign, method in (("both", "pace"), ("positive", "pace-positive")):
-            share = {name: edit_size(PaCE(d, partitions[name], layers, sign=sign), acts, layers)[0]
-                     for name, d in built.items()}
+            share = {name: s[0] for name, s in (sizes if sign == "both" else sizes_for(sign)).items()}
             small, big = sorted(share, key=share.get)
             strength = share[big] / share[small]
-            matched[small][f"{method} x{strength:.2f}"] = PaCE(built[small], partitions[small], layers, sign=sign,
-                                                               strength=strength)
+            label = f"{method} x{strength:.2f}"
+            matched[small][label] = PaCE(built[small], partitions[small], layers, sign=sign, strength=strength)
+            variant[label] = method
     evals = {name: evaluate_removal(lm, d, partitions[name], layers, task=args.task, prompts=prompts,
                                     methods=["unsteered", "pace", "pace-positive"],
                                     max_new_tokens=args.max_new_tokens, steerings=matched[name])
@@ -120,7 +126,7 @@ def main() -> None:
     pairs = [(m, written[m], tmpl[m]) for m in ("pace", "pace-positive")]
     for name, rows in matched.items():
         for label in rows:
-            m = label.split(" x")[0]
+            m = variant[label]
             a, b = (written[label], tmpl[m]) if name == "model-written" else (written[m], tmpl[label])
             pairs.append((f"{m}, {name} at matched edit ({label})", a, b))
     diffs = []

@@ -16,13 +16,13 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .errors import InputError
-from .sources import cache_dir
+from .sources import cache_dir, transformers_minor
 
 KINDS = ("models", "gguf", "pace-partitions", "pace-stimuli", "lm-eval-tasks")
+# The folder names sources.dequantised_cache_path gives converted models.
 _CONVERTED = re.compile(r"^(?P<model>.+)-transformers(?P<version>\d+\.\d+)$")
 
 
@@ -48,20 +48,13 @@ def _files(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
 
 
-def _transformers_minor() -> str | None:
-    try:
-        return ".".join(version("transformers").split(".")[:2])
-    except PackageNotFoundError:
-        return None
-
-
-def _describe(kind: str, path: Path, current: str | None) -> tuple[str, bool]:
+def _describe(kind: str, path: Path, current: str) -> tuple[str, bool]:
     """The note and staleness of one entry."""
     if kind == "models":
         m = _CONVERTED.match(path.name)
         if m is None:
             return "not a converted model (unknown name)", False
-        if current is not None and m["version"] != current:
+        if m["version"] != current:
             return f"{m['model']} converted for transformers {m['version']}; this install has {current}", True
         return f"{m['model']} converted for transformers {m['version']}", False
     if kind == "pace-stimuli":
@@ -91,7 +84,7 @@ def _describe_stimuli(folder: Path) -> str:
 def entries(root: Path | None = None) -> list[CacheEntry]:
     """Every entry of the cache at ``root`` (default: :func:`~steerlab.sources.cache_dir`), by kind and name."""
     root = cache_dir() if root is None else root
-    current = _transformers_minor()
+    current = transformers_minor()
     out = []
     for kind in KINDS:
         folder = root / kind

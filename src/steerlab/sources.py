@@ -152,7 +152,12 @@ def dequantised_cache_path(spec: BuiltinModel) -> Path:
     Keyed by the transformers major.minor version: a copy written by one version has been seen
     to load silently wrong in another.
     """
+    return cache_dir() / "models" / f"{spec.name}-transformers{transformers_minor()}"
+
+
+def transformers_minor() -> str:
+    """The installed transformers' major.minor version: it names each converted model copy
+    (:func:`dequantised_cache_path`), and a copy named for another version is not read."""
     import transformers
 
-    major_minor = ".".join(transformers.__version__.split(".")[:2])
-    return cache_dir() / "models" / f"{spec.name}-transformers{major_minor}"
+    return ".".join(transformers.__version__.split(".")[:2])
